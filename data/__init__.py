@@ -1,0 +1,1 @@
+"""Data pipelines: each a LightningDataModule chosen by the ``data`` config group."""

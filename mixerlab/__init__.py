@@ -1,0 +1,1 @@
+"""mixerlab's core: the backbone the mixers plug into, the training recipe, and run bookkeeping."""

@@ -1,0 +1,258 @@
+"""An isotropic ViT/DeiT backbone with a pluggable token mixer per layer.
+
+    image (B, 3, H, W) -> conv patch embedding -> (B, h*w, D) [+ CLS] + position embedding
+      -> L blocks, each mixing tokens with its mixer and features with an MLP
+      -> LayerNorm -> CLS token or global average pool -> Linear(D, classes)
+
+The default block is DeiT's pre-norm block. Papers that depart from it (GFNet's single residual, FNet's
+post-norm, the feed-forward-only model's MLP-first order, PoolFormer's GroupNorm and LayerScale) are
+expressed through :class:`BlockSpec` options in config, so no code here knows which mixer it holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
+
+import torch
+from timm.layers import DropPath, LayerScale, Mlp, PatchEmbed, trunc_normal_
+from torch import nn
+
+from mixers.contract import ConfigError, TokenLayout
+
+MixerFactory = Callable[..., nn.Module]
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """How one block wires its mixer and its feature MLP.
+
+    style: ``prenorm``         x + DropPath(mixer(N1(x))); x + DropPath(MLP(N2(x)))        (DeiT)
+           ``single_residual`` x + DropPath(MLP(N2(mixer(N1(x)))))                          (GFNet, AFNO)
+           ``postnorm``        N1(x + mixer(x)); N2(x + MLP(x))                             (FNet)
+    order: ``mixer_first`` or ``mlp_first`` (the feed-forward-only model runs the feature MLP first).
+    norm:  ``layernorm`` over channels, or ``groupnorm`` = GroupNorm(1, C) over tokens and channels.
+    layer_scale: LayerScale init on each residual branch (PoolFormer 1e-5), or None.
+    mlp:   False drops the feature MLP (the attention-only ablation).
+    """
+
+    style: str = "prenorm"
+    order: str = "mixer_first"
+    norm: str = "layernorm"
+    layer_scale: float | None = None
+    mlp: bool = True
+
+    STYLES = ("prenorm", "single_residual", "postnorm")
+    ORDERS = ("mixer_first", "mlp_first")
+    NORMS = ("layernorm", "groupnorm")
+
+    @classmethod
+    def from_config(cls, cfg: Mapping | None, key: str, base: BlockSpec | None = None) -> BlockSpec:
+        values = dict(vars(base)) if base is not None else {}
+        known = {f.name for f in fields(cls)}
+        for name, value in dict(cfg or {}).items():
+            if name not in known:
+                raise ConfigError(f"{key}.{name} is not a block option; valid options: {sorted(known)}")
+            values[name] = value
+        spec = cls(**values)
+        for name, allowed in (("style", cls.STYLES), ("order", cls.ORDERS), ("norm", cls.NORMS)):
+            if getattr(spec, name) not in allowed:
+                raise ConfigError(f"{key}.{name}={getattr(spec, name)!r} is not one of {list(allowed)}")
+        if spec.style == "single_residual" and not spec.mlp:
+            raise ConfigError(f"{key}: style=single_residual needs mlp=true (the MLP closes the residual)")
+        return spec
+
+
+class TokenGroupNorm(nn.GroupNorm):
+    """GroupNorm(1, C) on (B, N, C) tokens: normalise over all tokens and channels of a sample."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__(1, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.transpose(1, 2)).transpose(1, 2)
+
+
+NORM_LAYERS = {"layernorm": nn.LayerNorm, "groupnorm": TokenGroupNorm}
+
+
+class Block(nn.Module):
+    def __init__(
+        self,
+        dim: int,
+        mixer: nn.Module,
+        spec: BlockSpec,
+        mlp_ratio: float = 4.0,
+        drop_path: float = 0.0,
+        proj_drop: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.spec = spec
+        norm = NORM_LAYERS[spec.norm]
+        self.norm1 = norm(dim)
+        self.mixer = mixer
+        self.ls1 = LayerScale(dim, spec.layer_scale) if spec.layer_scale else nn.Identity()
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        if spec.mlp:
+            self.norm2 = norm(dim)
+            self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=proj_drop)
+            self.ls2 = LayerScale(dim, spec.layer_scale) if spec.layer_scale else nn.Identity()
+
+    def _mix(self, x: torch.Tensor) -> torch.Tensor:
+        if self.spec.style == "postnorm":
+            return self.norm1(x + self.drop_path(self.ls1(self.mixer(x))))
+        return x + self.drop_path(self.ls1(self.mixer(self.norm1(x))))
+
+    def _mlp(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.spec.mlp:
+            return x
+        if self.spec.style == "postnorm":
+            return self.norm2(x + self.drop_path(self.ls2(self.mlp(x))))
+        return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.spec.style == "single_residual":
+            return x + self.drop_path(self.ls2(self.mlp(self.norm2(self.mixer(self.norm1(x))))))
+        if self.spec.order == "mlp_first":
+            return self._mix(self._mlp(x))
+        return self._mlp(self._mix(x))
+
+
+def layer_plan(
+    depth: int,
+    mixer: MixerFactory,
+    block: Mapping | None,
+    schedule: Sequence[Mapping] | None,
+) -> list[tuple[MixerFactory, BlockSpec]]:
+    """Expand the per-layer mixer schedule into one (mixer factory, block spec) per layer.
+
+    ``schedule`` lists segments from the first layer on, each ``{layers: n, mixer: factory?,
+    block: {...}?}``; layers after the last segment use ``mixer`` and ``block``. Example (SpectFormer):
+    ``[{layers: 4, mixer: <spectral>, block: {style: single_residual}}]`` then attention.
+    """
+    default_spec = BlockSpec.from_config(block, "backbone.block")
+    plan: list[tuple[MixerFactory, BlockSpec]] = []
+    for i, segment in enumerate(schedule or []):
+        key = f"backbone.schedule[{i}]"
+        segment = dict(segment)
+        unknown = set(segment) - {"layers", "mixer", "block"}
+        if unknown:
+            raise ConfigError(f"{key} has unknown keys {sorted(unknown)}; a segment takes layers, mixer, block")
+        n = segment.get("layers")
+        if not isinstance(n, int) or n < 1:
+            raise ConfigError(f"{key}.layers={n!r} must be a positive integer")
+        spec = BlockSpec.from_config(segment.get("block"), f"{key}.block", base=default_spec)
+        plan += [(segment.get("mixer") or mixer, spec)] * n
+    if len(plan) > depth:
+        raise ConfigError(f"backbone.schedule covers {len(plan)} layers but backbone.depth={depth}")
+    plan += [(mixer, default_spec)] * (depth - len(plan))
+    return plan
+
+
+class VisionTransformer(nn.Module):
+    def __init__(
+        self,
+        mixer: MixerFactory,
+        img_size: int = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        embed_dim: int = 192,
+        depth: int = 12,
+        num_heads: int = 3,
+        mlp_ratio: float = 4.0,
+        head: str = "cls",
+        pos_embed: str = "learned",
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        block: Mapping | None = None,
+        schedule: Sequence[Mapping] | None = None,
+    ) -> None:
+        super().__init__()
+        if img_size % patch_size:
+            raise ConfigError(
+                f"data.img_size={img_size} is not divisible by backbone.patch_size={patch_size}: "
+                "pick an image size that is a multiple of the patch size"
+            )
+        if embed_dim % num_heads:
+            raise ConfigError(
+                f"backbone.embed_dim={embed_dim} is not divisible by backbone.num_heads={num_heads}"
+            )
+        if head not in ("cls", "gap"):
+            raise ConfigError(f"backbone.head={head!r} must be 'cls' or 'gap'")
+        if pos_embed not in ("learned", "none"):
+            raise ConfigError(f"backbone.pos_embed={pos_embed!r} must be 'learned' or 'none'")
+        self.num_classes = num_classes
+        self.img_size = img_size
+        self.head_type = head
+        grid = img_size // patch_size
+        self.layout = TokenLayout(grid=(grid, grid), num_prefix=1 if head == "cls" else 0)
+
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if head == "cls" else None
+        self.pos_embed = (
+            nn.Parameter(torch.zeros(1, self.layout.num_tokens, embed_dim)) if pos_embed == "learned" else None
+        )
+        self.pos_drop = nn.Dropout(drop_rate)
+
+        plan = layer_plan(depth, mixer, block, schedule)
+        drop_paths = torch.linspace(0, drop_path_rate, depth).tolist()
+        self.blocks = nn.Sequential(
+            *(
+                Block(
+                    embed_dim,
+                    factory(dim=embed_dim, layout=self.layout, layer_index=i, num_layers=depth),
+                    spec,
+                    mlp_ratio=mlp_ratio,
+                    drop_path=drop_paths[i],
+                    proj_drop=drop_rate,
+                )
+                for i, (factory, spec) in enumerate(plan)
+            )
+        )
+        self.norm = nn.LayerNorm(embed_dim)
+        self.head = nn.Linear(embed_dim, num_classes)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        if self.pos_embed is not None:
+            trunc_normal_(self.pos_embed, std=0.02)
+        if self.cls_token is not None:
+            nn.init.normal_(self.cls_token, std=1e-6)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names kept out of weight decay besides the 1-D ones (timm's optimizer reads this)."""
+        names = {"pos_embed", "cls_token"}
+        for module_name, module in self.named_modules():
+            extra = getattr(module, "no_weight_decay", None)
+            if module is not self and callable(extra):
+                names |= {f"{module_name}.{n}" for n in extra()}
+        return names
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        if images.shape[-2:] != (self.img_size, self.img_size):
+            raise ValueError(
+                f"the model was built for {self.img_size}x{self.img_size} images (data.img_size) "
+                f"but got {tuple(images.shape[-2:])}"
+            )
+        x = self.patch_embed(images)  # (B, h*w, D)
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, 1+h*w, D)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed
+        x = self.blocks(self.pos_drop(x))
+        return self.norm(x)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.forward_features(images)
+        pooled = x[:, 0] if self.head_type == "cls" else x.mean(dim=1)  # (B, D)
+        return self.head(pooled)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

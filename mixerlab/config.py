@@ -1,0 +1,51 @@
+"""OmegaConf resolvers the configs use, and config checks that run before anything expensive."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+
+import torch
+from omegaconf import OmegaConf
+
+
+def run_id() -> str:
+    """A run directory name that every rank of one job agrees on and no two jobs share.
+
+    SLURM: the job (and array task) id, so a requeued job finds its own directory again. torchrun: its
+    rendezvous id (``--standalone`` makes a fresh one). A plain process: date-time plus a random suffix.
+    """
+    env = os.environ
+    if env.get("SLURM_ARRAY_JOB_ID"):
+        return f"slurm-{env['SLURM_ARRAY_JOB_ID']}_{env.get('SLURM_ARRAY_TASK_ID', '0')}"
+    if env.get("SLURM_JOB_ID"):
+        return f"slurm-{env['SLURM_JOB_ID']}"
+    rdzv = env.get("TORCHELASTIC_RUN_ID", "")
+    if rdzv and rdzv != "none":
+        return f"torchrun-{rdzv}"
+    if int(env.get("WORLD_SIZE", "1")) > 1:
+        raise RuntimeError(
+            "several processes but no shared run id: start with `torchrun --standalone ...`, "
+            "`torchrun --rdzv-id=NAME ...`, or give hydra.run.dir=PATH so all ranks use one directory"
+        )
+    return time.strftime("%Y-%m-%d_%H-%M-%S") + "_" + secrets.token_hex(2)
+
+
+def run_name(experiment: str | None) -> str:
+    return "default" if experiment in (None, "", "None", "null") else str(experiment)
+
+
+def default_precision(mode: str = "auto") -> str:
+    """fp32 on CPU (bf16 autocast measured 2.2-2.5x slower there), bf16-mixed on GPUs that support it."""
+    if mode != "auto":
+        return mode
+    if torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "32-true"
+
+
+def register_resolvers() -> None:
+    for name, fn in (("run_id", run_id), ("run_name", run_name), ("precision", default_precision)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn, use_cache=True)

@@ -1,0 +1,225 @@
+"""The DeiT training recipe as a LightningModule (Touvron et al. 2021; facebookresearch/deit main.py).
+
+AdamW with no weight decay on 1-D parameters, position embedding and CLS token; LR = base x global batch /
+512 with global batch = per-device batch x devices x nodes x accumulation; per-step linear warmup from
+``warmup_lr`` then cosine to ``min_lr``; Mixup/CutMix with label smoothing and soft-target cross-entropy;
+optional EMA (evaluated and reported separately) and gradient clipping. The pieces are timm's and torch's.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+
+import lightning as L
+import torch
+from timm.data import Mixup
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.optim import create_optimizer_v2
+from timm.scheduler import CosineLRScheduler
+from timm.utils import ModelEmaV3
+from torch import nn
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from mixers.contract import ConfigError
+
+
+def scaled_lr(base_lr: float, global_batch: int, lr_batch_base: int) -> float:
+    """DeiT's linear scaling rule: ``base_lr x global_batch / lr_batch_base`` (base 512)."""
+    return base_lr * global_batch / lr_batch_base
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer,
+    total_steps: int,
+    warmup_steps: int,
+    warmup_lr: float,
+    min_lr: float,
+) -> CosineLRScheduler:
+    """Per-step schedule: linear warmup ``warmup_lr -> lr`` over ``warmup_steps``, then cosine to ``min_lr``
+    at ``total_steps``."""
+    return CosineLRScheduler(
+        optimizer,
+        t_initial=max(1, total_steps - warmup_steps),
+        lr_min=min_lr,
+        warmup_t=warmup_steps,
+        warmup_lr_init=warmup_lr,
+        warmup_prefix=True,
+        t_in_epochs=False,
+    )
+
+
+class Recipe(L.LightningModule):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        lr: float = 5e-4,
+        lr_batch_base: int = 512,
+        scale_lr: bool = True,
+        min_lr: float = 1e-5,
+        warmup_lr: float = 1e-6,
+        warmup_epochs: float = 5,
+        weight_decay: float = 0.05,
+        opt: str = "adamw",
+        opt_eps: float = 1e-8,
+        betas: Sequence[float] = (0.9, 0.999),
+        opt_kwargs: Mapping | None = None,
+        label_smoothing: float = 0.1,
+        mixup: Mapping | None = None,
+        ema_decay: float | None = None,
+        clip_grad: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["backbone"])
+        self.backbone = backbone
+        num_classes = backbone.num_classes
+        mixup = dict(mixup or {})
+        self.mixup_fn = None
+        if mixup.get("prob", 1.0) > 0 and (mixup.get("mixup_alpha", 0) > 0 or mixup.get("cutmix_alpha", 0) > 0):
+            self.mixup_fn = Mixup(label_smoothing=label_smoothing, num_classes=num_classes, **mixup)
+            self.train_loss_fn: nn.Module = SoftTargetCrossEntropy()
+        elif label_smoothing > 0:
+            self.train_loss_fn = LabelSmoothingCrossEntropy(smoothing=label_smoothing)
+        else:
+            self.train_loss_fn = nn.CrossEntropyLoss()
+        self.eval_loss_fn = nn.CrossEntropyLoss()
+        self.ema = None
+        if ema_decay:
+            self.ema = ModelEmaV3(backbone, decay=ema_decay)
+            self.ema.requires_grad_(False)
+        top5 = min(5, num_classes)
+        self.metrics = nn.ModuleDict(
+            {
+                "top1": MulticlassAccuracy(num_classes, top_k=1, average="micro"),
+                "top5": MulticlassAccuracy(num_classes, top_k=top5, average="micro"),
+            }
+        )
+        if self.ema is not None:
+            self.ema_metrics = nn.ModuleDict({"top1": MulticlassAccuracy(num_classes, top_k=1, average="micro")})
+        self.train_loss = MeanMetric()
+        self.val_loss = MeanMetric()
+        self.global_batch = 0
+        self.peak_lr = lr
+        self.throughput: list[float] = []  # train images/s per epoch (all ranks)
+        self._epoch_start = 0.0
+        self._epoch_images = 0
+        self._train_seconds: float | None = None
+        self.history: list[dict] = []  # one row per epoch; kept in checkpoints
+        self.first_step_at: float | None = None  # perf_counter at the first optimizer step (start-up)
+
+    # ---------------------------------------------------------------- set-up
+    def setup(self, stage: str) -> None:
+        if stage != "fit":
+            return
+        trainer = self.trainer
+        batch = trainer.datamodule.batch_size
+        self.global_batch = batch * trainer.world_size * trainer.accumulate_grad_batches
+        hp = self.hparams
+        self.peak_lr = scaled_lr(hp.lr, self.global_batch, hp.lr_batch_base) if hp.scale_lr else hp.lr
+        if self.mixup_fn is not None and batch % 2:
+            raise ConfigError(f"data.batch_size={batch} must be even when Mixup/CutMix is on (recipe.mixup)")
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        optimizer = create_optimizer_v2(
+            self.backbone,
+            opt=hp.opt,
+            lr=self.peak_lr,
+            weight_decay=hp.weight_decay,
+            eps=hp.opt_eps,
+            betas=tuple(hp.betas),
+            **dict(hp.opt_kwargs or {}),
+        )
+        total = int(self.trainer.estimated_stepping_batches)
+        steps_per_epoch = total / max(1, self.trainer.max_epochs or 1)
+        if self.trainer.max_epochs in (None, -1):
+            steps_per_epoch = total  # a max_steps budget: warmup_epochs counts as a fraction of it
+        warmup = min(total, round(hp.warmup_epochs * steps_per_epoch))
+        scheduler = build_scheduler(optimizer, total, warmup, hp.warmup_lr, hp.min_lr)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def lr_scheduler_step(self, scheduler, metric) -> None:
+        scheduler.step_update(num_updates=self.global_step)
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        clip = self.hparams.clip_grad or gradient_clip_val
+        if clip:
+            self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
+
+    # ---------------------------------------------------------------- training
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone(images)
+
+    def on_train_epoch_start(self) -> None:
+        self._epoch_start = time.perf_counter()
+        self._epoch_images = 0
+        self._train_seconds = None
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        images, targets = batch
+        if self.first_step_at is None:
+            self.first_step_at = time.perf_counter()
+        if self.mixup_fn is not None:
+            images, targets = self.mixup_fn(images, targets)
+        loss = self.train_loss_fn(self(images), targets)
+        self.train_loss.update(loss.detach())
+        self._epoch_images += images.shape[0]
+        self.log("loss", loss.detach(), prog_bar=True, logger=False)
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.ema is not None:
+            self.ema.update(self.backbone, step=self.global_step)
+
+    # ---------------------------------------------------------------- evaluation
+    def on_validation_epoch_start(self) -> None:
+        if self.trainer.training and self._train_seconds is None:
+            self._train_seconds = time.perf_counter() - self._epoch_start
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        images, targets = batch
+        logits = self(images)
+        self.val_loss.update(self.eval_loss_fn(logits, targets))
+        for metric in self.metrics.values():
+            metric.update(logits, targets)
+        if self.ema is not None:
+            self.ema_metrics["top1"].update(self.ema(images), targets)
+
+    def on_validation_epoch_end(self) -> None:
+        values = {f"val/{name}": 100 * metric.compute() for name, metric in self.metrics.items()}
+        if self.ema is not None:
+            values["val/top1_ema"] = 100 * self.ema_metrics["top1"].compute()
+            self.ema_metrics["top1"].reset()
+        values["val/loss"] = self.val_loss.compute()
+        for metric in self.metrics.values():
+            metric.reset()
+        self.val_loss.reset()
+        self.log_dict(values, prog_bar=True, logger=False)
+
+    def on_train_epoch_end(self) -> None:
+        seconds = self._train_seconds or (time.perf_counter() - self._epoch_start)
+        images = torch.tensor(float(self._epoch_images), device=self.device)
+        images = self.all_gather(images).sum() if self.trainer.world_size > 1 else images
+        images_per_s = float(images) / max(seconds, 1e-9)
+        self.throughput.append(images_per_s)
+        row = {
+            "epoch": self.current_epoch,
+            "step": self.global_step,
+            "train/loss": float(self.train_loss.compute()),
+            "train/images_per_s": images_per_s,
+            "lr": self.trainer.optimizers[0].param_groups[0]["lr"],
+        }
+        self.train_loss.reset()
+        for key, value in self.trainer.callback_metrics.items():
+            if key.startswith("val/"):
+                row[key] = float(value)
+        self.history.append(row)
+        for logger in self.loggers:
+            logger.log_metrics(row, step=self.current_epoch)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["history"] = list(self.history)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.history = list(checkpoint.get("history", []))

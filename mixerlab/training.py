@@ -1,0 +1,137 @@
+"""One training run from a composed config: build, fit, and record the run's summary."""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+import traceback
+import warnings
+from pathlib import Path
+
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from mixerlab.build import build_backbone, build_datamodule, build_recipe, mixer_name
+from mixerlab.costs import count_flops, count_parameters, weights_sha256
+from mixerlab.run import RunDirectory, git_commit, peak_memory_mb
+
+log = logging.getLogger("mixerlab")
+
+
+def process_age_s() -> float:
+    """Seconds since this process started (Linux /proc), so wall time includes interpreter start-up."""
+    try:
+        import os
+
+        ticks = os.sysconf("SC_CLK_TCK")
+        start = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19]) / ticks
+        return float(Path("/proc/uptime").read_text().split()[0]) - start
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def quiet_lightning() -> None:
+    """Keep the console to the progress bar and our own lines."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
+
+
+def run_directory(cfg: DictConfig) -> RunDirectory:
+    if HydraConfig.initialized():
+        return RunDirectory(HydraConfig.get().runtime.output_dir)
+    return RunDirectory(cfg.get("run_dir") or "runs/default/unnamed")
+
+
+def train(cfg: DictConfig) -> dict:
+    t_start = time.perf_counter() - process_age_s()
+    quiet_lightning()
+    run = run_directory(cfg)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    backbone = build_backbone(cfg)  # impossible configs fail here, before any data is read
+    datamodule = build_datamodule(cfg)
+    recipe = build_recipe(cfg, backbone)
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+
+    summary = {
+        "status": "running",
+        "mixer": mixer_name(cfg),
+        "backbone": HydraConfig.get().runtime.choices.get("backbone") if HydraConfig.initialized() else None,
+        "data": HydraConfig.get().runtime.choices.get("data") if HydraConfig.initialized() else None,
+        "experiment": cfg.get("name"),
+        "seed": cfg.seed,
+        "params": count_parameters(backbone),
+        **_flops(backbone, cfg),
+        "world_size": trainer.world_size,
+        "git_commit": git_commit(),
+        "run_dir": str(run.path),
+    }
+    if trainer.is_global_zero:
+        run.save_config(cfg)
+    resume = run.last_checkpoint
+    if resume and trainer.is_global_zero:
+        log.info("resuming from %s", resume)
+    try:
+        trainer.fit(recipe, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
+    except BaseException as error:
+        summary.update(status="failed", error=f"{type(error).__name__}: {error}",
+                       traceback=traceback.format_exc(limit=8), wall_s=round(time.perf_counter() - t_start, 2))
+        if trainer.is_global_zero:
+            run.write_summary(summary)
+            print(f"FAILED {summary['mixer']} | {summary['error']} | run: {run.path}", flush=True)
+        raise
+
+    history = recipe.history
+    top1s = [row["val/top1"] for row in history if "val/top1" in row]
+    last = history[-1] if history else {}
+    throughput = [row["train/images_per_s"] for row in history[1:] or history]
+    summary.update(
+        status="completed",
+        top1=_round(last.get("val/top1")),
+        top5=_round(last.get("val/top5")),
+        best_top1=_round(max(top1s) if top1s else None),
+        top1_ema=_round(last.get("val/top1_ema")),
+        train_loss=_round(last.get("train/loss"), 4),
+        train_images_per_s=_round(statistics.median(throughput) if throughput else None, 1),
+        peak_memory_mb=round(peak_memory_mb(), 1),
+        wall_s=round(time.perf_counter() - t_start, 2),
+        startup_s=_round(recipe.first_step_at - t_start if recipe.first_step_at else None, 2),
+        epochs=trainer.current_epoch,
+        steps=trainer.global_step,
+        global_batch=recipe.global_batch,
+        lr=recipe.peak_lr,
+        weights_sha256=weights_sha256(recipe.backbone),
+    )
+    if summary["top1_ema"] is None:
+        summary.pop("top1_ema")
+    if trainer.is_global_zero:
+        run.write_summary(summary)
+        print(
+            f"{summary['mixer']} | top1 {summary['top1']}% (best {summary['best_top1']}%) | "
+            f"{summary['params']:,} params | {summary['train_images_per_s']} img/s | "
+            f"{summary['wall_s']} s | run: {run.path}",
+            flush=True,
+        )
+    return summary
+
+
+def _flops(backbone, cfg: DictConfig) -> dict:
+    flops = count_flops(backbone, cfg.data.img_size, cfg.data.in_chans)
+    out = {"flops": flops["flops"]}
+    if flops["analytic"]:
+        out["flops_note"] = f"FFT FLOPs counted analytically for {', '.join(flops['analytic_from'])}"
+    return out
+
+
+def _round(value, digits: int = 2):
+    return None if value is None else round(float(value), digits)
+
+
+

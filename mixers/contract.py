@@ -1,0 +1,60 @@
+"""The one contract every token mixer follows.
+
+A mixer is an ``nn.Module`` built by a factory (a ``functools.partial`` from its Hydra yaml) called as
+
+    factory(dim=C, layout=TokenLayout(...), layer_index=i, num_layers=L) -> nn.Module
+
+and its ``forward`` maps ``(B, N, C) -> (B, N, C)``, where ``N = layout.num_prefix + h * w``: the prefix
+tokens (the CLS token, when the backbone has one) come first, then the ``h x w`` patch grid in row-major
+order. Mixers that need the grid (spectral filters, pooling) read ``layout.grid``; mixers that are only
+defined on patches pass the prefix tokens through unchanged and say so in their docstring.
+
+Adding a mixer is one ``mixers/<family>.py`` and one ``conf/mixer/<name>.yaml``; nothing else changes.
+A mixer whose parameters fix the token count checks ``layout`` in ``__init__`` and raises
+:class:`mixers.contract.ConfigError` naming its config key, so a bad combination fails before any data
+is loaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+class ConfigError(ValueError):
+    """An impossible configuration; the message names the keys and values and says what to do."""
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """What a mixer may know about the token sequence it mixes."""
+
+    grid: tuple[int, int]  # (h, w) patches
+    num_prefix: int = 0  # tokens before the grid (1 with a CLS token)
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_prefix + self.num_patches
+
+
+def split_prefix(x: torch.Tensor, layout: TokenLayout) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, N, C) -> prefix (B, P, C), grid tokens (B, h*w, C)."""
+    return x[:, : layout.num_prefix], x[:, layout.num_prefix :]
+
+
+def check_fixed_tokens(expected: int | None, layout: TokenLayout, key: str) -> int:
+    """Resolve a mixer's fixed token count: ``None`` takes the backbone's, a number must match it."""
+    if expected is None:
+        return layout.num_tokens
+    if expected != layout.num_tokens:
+        raise ConfigError(
+            f"{key}={expected} but the backbone gives {layout.num_tokens} tokens "
+            f"({layout.grid[0]}x{layout.grid[1]} patches + {layout.num_prefix} prefix); this mixer's weights "
+            f"fix the token count: set {key}=null to follow data.img_size / backbone.patch_size, or change those"
+        )
+    return expected

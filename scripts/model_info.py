@@ -1,0 +1,61 @@
+"""Print a model's size and cost as JSON, without data or training: the tool for fidelity checks.
+
+    python scripts/model_info.py experiment=deit_small
+    python scripts/model_info.py backbone=vit_tiny mixer=spectral data.img_size=224
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hydra import compose, initialize_config_dir  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from mixerlab.build import build_backbone, mixer_name  # noqa: E402
+from mixerlab.config import register_resolvers  # noqa: E402
+from mixerlab.costs import count_flops, count_parameters  # noqa: E402
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def compose_config(overrides: list[str]) -> DictConfig:
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="train", overrides=overrides, return_hydra_config=True)
+
+
+def model_info(overrides: list[str]) -> dict:
+    cfg = compose_config(overrides)
+    from hydra.core.hydra_config import HydraConfig
+
+    HydraConfig.instance().set_config(cfg)  # so ${hydra:...} and the mixer choice resolve
+    model = build_backbone(cfg)
+    flops = count_flops(model, cfg.data.img_size, cfg.data.in_chans)
+    info = {
+        "params": count_parameters(model),
+        "flops": flops["flops"],
+        "gmacs": round(flops["flops"] / 2e9, 4),
+        "tokens": model.layout.num_tokens,
+        "mixer": mixer_name(cfg),
+        "backbone": HydraConfig.get().runtime.choices.get("backbone"),
+        "img_size": cfg.data.img_size,
+        "num_classes": cfg.data.num_classes,
+        "flop_counter": "torch.utils.flop_counter (multiply-add = 2)",
+    }
+    if flops["analytic"]:
+        info["flops_counted"] = flops["counted"]
+        info["flops_analytic"] = flops["analytic"]
+        info["flops_note"] = (
+            "torch.utils.flop_counter has no FFT formulas; FFT FLOPs of "
+            + ", ".join(flops["analytic_from"])
+            + " are counted analytically (5 N log2 N per complex transform)"
+        )
+    return info
+
+
+if __name__ == "__main__":
+    print(json.dumps(model_info(sys.argv[1:])))

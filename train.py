@@ -1,0 +1,25 @@
+"""Train one model: ``python train.py [group=option ...] [key=value ...]`` (``-m`` for a sweep).
+
+config (conf/) -> backbone + mixer -> recipe -> Lightning Trainer -> run directory (summary.json)
+"""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from mixerlab.config import register_resolvers
+
+register_resolvers()
+
+
+@hydra.main(config_path="conf", config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    from mixerlab.training import train
+
+    summary = train(cfg)
+    return summary.get("top1")
+
+
+if __name__ == "__main__":
+    main()
