@@ -3,11 +3,30 @@
 from __future__ import annotations
 
 import lightning as L
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
+from mixerlab.config import register_resolvers
 from mixers.contract import ConfigError
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def compose_config(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """Compose ``conf/train.yaml`` with overrides outside ``@hydra.main`` (scripts, tests, benchmarks).
+
+    The Hydra config is registered too, so ``${hydra:...}`` interpolations and group choices resolve.
+    """
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=list(overrides), return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
 
 
 def build_backbone(cfg: DictConfig) -> nn.Module:
@@ -37,8 +56,6 @@ def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
 
 def mixer_name(cfg: DictConfig) -> str:
     """The mixer as a sweep reads it: the ``mixer=`` choice, plus any per-layer schedule."""
-    from hydra.core.hydra_config import HydraConfig
-
     name = None
     if HydraConfig.initialized():
         name = HydraConfig.get().runtime.choices.get("mixer")

@@ -12,27 +12,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hydra import compose, initialize_config_dir  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
 
-from mixerlab.build import build_backbone, mixer_name  # noqa: E402
-from mixerlab.config import register_resolvers  # noqa: E402
+from mixerlab.build import build_backbone, compose_config, mixer_name  # noqa: E402
 from mixerlab.costs import count_flops, count_parameters  # noqa: E402
-
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-
-
-def compose_config(overrides: list[str]) -> DictConfig:
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="train", overrides=overrides, return_hydra_config=True)
 
 
 def model_info(overrides: list[str]) -> dict:
     cfg = compose_config(overrides)
-    from hydra.core.hydra_config import HydraConfig
-
-    HydraConfig.instance().set_config(cfg)  # so ${hydra:...} and the mixer choice resolve
     model = build_backbone(cfg)
     flops = count_flops(model, cfg.data.img_size, cfg.data.in_chans)
     info = {
