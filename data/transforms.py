@@ -9,7 +9,25 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from timm.data import create_transform
+from PIL import Image
+from timm.data import auto_augment, create_transform
+
+
+def posterize(img: Image.Image, bits_to_keep: int, **kwargs) -> Image.Image:
+    """timm's RandAugment posterize, with its 0-bit case kept working.
+
+    ``rand-m9-mstd0.5-inc1`` draws magnitudes up to 10, where PosterizeIncreasing keeps 0 bits (a black
+    image, as in the TF reference). Pillow 13 rejects ``ImageOps.posterize(img, 0)`` with ValueError, which
+    killed a DeiT training epoch after ~1,000 images (timm 1.0.31). Same output as older Pillow.
+    """
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)
+    return _timm_posterize(img, bits_to_keep, **kwargs)
+
+
+_timm_posterize = auto_augment.posterize
+for _name in ("Posterize", "PosterizeIncreasing", "PosterizeOriginal"):
+    auto_augment.NAME_TO_OP[_name] = posterize
 
 
 @dataclass

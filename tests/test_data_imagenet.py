@@ -260,3 +260,16 @@ def test_batch_transform_resizes_progressive_batches_to_img_size_and_normalises(
     assert train(images).shape == (4, 3, 32, 32)
     val = BatchTransform(16, (0.5,) * 3, (0.25,) * 3, train=False)
     assert torch.allclose(val(images), (images.float() / 255 - 0.5) / 0.25)
+
+
+def test_randaugment_posterize_at_full_magnitude_gives_a_black_image_instead_of_crashing():
+    """DeiT's rand-m9-mstd0.5-inc1 reaches magnitude 10 = keep 0 bits, which Pillow 13 rejects."""
+    from PIL import Image
+    from timm.data.auto_augment import AugmentOp
+
+    import data.transforms  # noqa: F401  (installs the 0-bit-safe posterize)
+
+    image = Image.new("RGB", (8, 8), (200, 100, 50))
+    out = AugmentOp("PosterizeIncreasing", prob=1.0, magnitude=10)(image)
+    assert np.asarray(out).max() == 0
+    assert np.asarray(AugmentOp("PosterizeIncreasing", prob=1.0, magnitude=5)(image)).max() > 0
