@@ -30,8 +30,8 @@ BLUR_SIGMA = (0.1, 2.0)  # DeiT III's GaussianBlur radius range
 
 def grayscale(x: torch.Tensor) -> torch.Tensor:
     """(B, 3, H, W) -> (B, 1, H, W) luma."""
-    w = torch.tensor(GRAY_WEIGHTS, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x * w).sum(1, keepdim=True)
+    r, g, b = x.unbind(1)
+    return (GRAY_WEIGHTS[0] * r + GRAY_WEIGHTS[1] * g + GRAY_WEIGHTS[2] * b).unsqueeze(1)
 
 
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -48,34 +48,41 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
 
 
 class ThreeAugment(nn.Module):
-    """DeiT III's 3-Augment on a [0, 1] batch: one of grayscale / solarize / blur per image, then jitter."""
+    """DeiT III's 3-Augment on a [0, 1] batch: one of grayscale / solarize / blur per image, then jitter.
+
+    Each op runs on its own third of the batch only (index_select/index_copy), so the cost is one pass
+    over the batch, not three.
+    """
 
     def __init__(self, color_jitter: float = 0.3) -> None:
         super().__init__()
         self.color_jitter = color_jitter
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b = x.shape[0]
-        choice = torch.randint(0, 3, (b,), device=x.device).view(b, 1, 1, 1)
-        gray = grayscale(x).expand_as(x)
-        solarized = torch.where(x >= 128 / 255, 1.0 - x, x)  # PIL's ImageOps.solarize(threshold=128)
-        x = torch.where(choice == 0, gray, torch.where(choice == 1, solarized, x))
-        blur = (choice == 2).flatten().nonzero().flatten()
+        x = x.clone(memory_format=torch.contiguous_format)  # the ops below work in place on this copy
+        choice = torch.randint(0, 3, (x.shape[0],), device=x.device)
+        gray, solar, blur = ((choice == k).nonzero().flatten() for k in range(3))
+        if gray.numel():
+            x.index_copy_(0, gray, grayscale(x.index_select(0, gray)).expand(-1, 3, -1, -1))
+        if solar.numel():
+            part = x.index_select(0, solar)
+            x.index_copy_(0, solar, torch.where(part >= 128 / 255, 1.0 - part, part))  # PIL solarize(128)
         if blur.numel():
             sigma = torch.empty(blur.numel(), device=x.device).uniform_(*BLUR_SIGMA)
-            x = x.index_copy(0, blur, gaussian_blur(x.index_select(0, blur), sigma))
+            x.index_copy_(0, blur, gaussian_blur(x.index_select(0, blur), sigma))
         return self.jitter(x) if self.color_jitter > 0 else x
 
     def jitter(self, x: torch.Tensor) -> torch.Tensor:
-        """Brightness, contrast, saturation factors ~ U(1 - j, 1 + j) per image (torchvision's definitions)."""
+        """Brightness, contrast, saturation factors ~ U(1 - j, 1 + j) per image (torchvision's definitions),
+        in place."""
         b = x.shape[0]
         j = self.color_jitter
         factors = torch.empty(3, b, 1, 1, 1, device=x.device, dtype=x.dtype).uniform_(1 - j, 1 + j)
-        x = (x * factors[0]).clamp_(0, 1)
+        x.mul_(factors[0]).clamp_(0, 1)
         mean = grayscale(x).mean(dim=(1, 2, 3), keepdim=True)
-        x = (mean + factors[1] * (x - mean)).clamp_(0, 1)
+        x.sub_(mean).mul_(factors[1]).add_(mean).clamp_(0, 1)
         gray = grayscale(x)
-        return (gray + factors[2] * (x - gray)).clamp_(0, 1)
+        return x.sub_(gray).mul_(factors[2]).add_(gray).clamp_(0, 1)
 
 
 class BatchTransform(nn.Module):
@@ -103,15 +110,15 @@ class BatchTransform(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.float().div_(255)
+        x = images.to(torch.float32, memory_format=torch.contiguous_format).div_(255)
         if x.shape[-2:] != (self.img_size, self.img_size):
             # progressive resizing decodes smaller images; the backbone's token grid is fixed
-            x = F.interpolate(x, size=(self.img_size, self.img_size), mode="bilinear", antialias=True,
-                              align_corners=False).clamp_(0, 1)
+            x = F.interpolate(
+                x, size=(self.img_size, self.img_size), mode="bilinear", antialias=True, align_corners=False
+            ).clamp_(0, 1)
         if self.three_augment is not None:
             x = self.three_augment(x)
-        mean, std = self.mean.to(x.device), self.std.to(x.device)
-        x = (x - mean) / std
+        x = x.sub_(self.mean.to(x.device)).div_(self.std.to(x.device))
         if self.re_prob > 0:
             # timm's RandomErasing is DeiT's; on a 4-D batch it erases each image independently
             x = RandomErasing(self.re_prob, mode=self.re_mode, max_count=self.re_count, device=x.device)(x)

@@ -59,14 +59,25 @@ class BetonSource:
             return np.zeros((1, 1, 3), np.uint8), label
 
 
-def write_split(samples: Sequence[tuple[str, int]], beton: Path, max_resolution: int | None,
-                compress_probability: float, jpeg_quality: int, num_workers: int, seed: int) -> None:
+def write_split(
+    samples: Sequence[tuple[str, int]],
+    beton: Path,
+    max_resolution: int | None,
+    compress_probability: float,
+    jpeg_quality: int,
+    num_workers: int,
+    seed: int,
+) -> None:
     from ffcv.fields import IntField, RGBImageField
     from ffcv.writer import DatasetWriter
 
     fields = {
-        "image": RGBImageField(write_mode="proportion", max_resolution=max_resolution,
-                               compress_probability=compress_probability, jpeg_quality=jpeg_quality),
+        "image": RGBImageField(
+            write_mode="proportion",
+            max_resolution=max_resolution,
+            compress_probability=compress_probability,
+            jpeg_quality=jpeg_quality,
+        ),
         "label": IntField(),
     }
     tmp = beton.with_name(f".{beton.name}.{os.getpid()}.tmp")
@@ -74,21 +85,33 @@ def write_split(samples: Sequence[tuple[str, int]], beton: Path, max_resolution:
     try:
         print(f"writing {beton} ({len(samples)} images)", flush=True)
         writer = DatasetWriter(str(tmp), fields, num_workers=num_workers)
-        writer.from_indexed_dataset(BetonSource(samples, str(error_log), seed),
-                                    chunksize=max(1, min(100, len(samples) // max(1, 4 * num_workers))))
+        writer.from_indexed_dataset(
+            BetonSource(samples, str(error_log), seed),
+            chunksize=max(1, min(100, len(samples) // max(1, 4 * num_workers))),
+        )
         errors = error_log.read_text().strip()
         if errors:
-            raise BadImageError(f"files changed while {beton} was written and no longer decode "
-                                f"(the beton was not kept; run again):\n{errors}")
+            raise BadImageError(
+                f"files changed while {beton} was written and no longer decode "
+                f"(the beton was not kept; run again):\n{errors}"
+            )
         tmp.replace(beton)
     finally:
         tmp.unlink(missing_ok=True)
         error_log.unlink(missing_ok=True)
 
 
-def write_betons(src: str | os.PathLike, out: str | os.PathLike, max_resolution: int | None = 512,
-                 compress_probability: float = 0.5, jpeg_quality: int = 90, num_workers: int | None = None,
-                 splits: Sequence[str] = ("train", "val"), seed: int = 0, verify_cache: str | None = None) -> dict:
+def write_betons(
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    max_resolution: int | None = 512,
+    compress_probability: float = 0.5,
+    jpeg_quality: int = 90,
+    num_workers: int | None = None,
+    splits: Sequence[str] = ("train", "val"),
+    seed: int = 0,
+    verify_cache: str | None = None,
+) -> dict:
     """Write one beton per split into ``out``; return the ``dataset.json`` record."""
     from data.imagenet_ffcv import require_ffcv
 
@@ -106,25 +129,38 @@ def write_betons(src: str | os.PathLike, out: str | os.PathLike, max_resolution:
         "source": str(Path(src).resolve()),
         "classes": next(iter(listing.values())).classes,
         "splits": {},
-        "writer": {"max_resolution": max_resolution, "compress_probability": compress_probability,
-                   "jpeg_quality": jpeg_quality, "seed": seed, "ffcv": getattr(ffcv, "__version__", "?")},
+        "writer": {
+            "max_resolution": max_resolution,
+            "compress_probability": compress_probability,
+            "jpeg_quality": jpeg_quality,
+            "seed": seed,
+            "ffcv": getattr(ffcv, "__version__", "?"),
+        },
         "written_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     all_bad: list[BadFile] = []
     for name, split in listing.items():
         paths = [p for p, _ in split.samples]
-        bad = split.stray + verify_images(paths, num_workers=num_workers, cache_dir=verify_cache, progress=True)
+        bad = split.stray + verify_images(
+            paths, num_workers=num_workers, cache_dir=verify_cache, progress=True
+        )
         dropped = {b.path for b in bad}
         good = [s for s in split.samples if s[0] not in dropped]
         if not good:
             raise DatasetError(f"{split.path} has no decodable images ({len(bad)} bad files)")
-        write_split(good, out / f"{name}.beton", max_resolution, compress_probability, jpeg_quality,
-                    num_workers, seed)
+        write_split(
+            good, out / f"{name}.beton", max_resolution, compress_probability, jpeg_quality, num_workers, seed
+        )
         # which file each beton index came from (and its label): provenance for every sample
-        (out / f"{name}.files.txt").write_text("".join(f"{os.path.relpath(p, split.path)}\t{label}\n"
-                                                        for p, label in good))
-        record["splits"][name] = {"beton": f"{name}.beton", "files": f"{name}.files.txt", "samples": len(good),
-                                  "bad_files": len(bad)}
+        (out / f"{name}.files.txt").write_text(
+            "".join(f"{os.path.relpath(p, split.path)}\t{label}\n" for p, label in good)
+        )
+        record["splits"][name] = {
+            "beton": f"{name}.beton",
+            "files": f"{name}.files.txt",
+            "samples": len(good),
+            "bad_files": len(bad),
+        }
         all_bad += bad
         if bad:
             print(f"{name}: left out {len(bad)} bad file(s), listed in {out / 'bad_files.txt'}", flush=True)

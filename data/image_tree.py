@@ -83,7 +83,7 @@ def describe_decode_error(path: str | os.PathLike, error: BaseException) -> str:
 
 
 def check_image(path: str) -> str | None:
-    """Fully parse one file; None when it decodes, else the reason. JPEGs decode at 1/8 scale (see module doc)."""
+    """Fully parse one file: None when it decodes, else the reason. JPEGs decode at 1/8 scale (module doc)."""
     try:
         with Image.open(path) as image:
             if image.format == "JPEG":
@@ -115,15 +115,23 @@ def is_image_name(name: str) -> bool:
 def list_split(path: Path) -> Split:
     """List ``path/<class>/<files>`` without opening any file; fail when the split has no class folders."""
     if not path.is_dir():
-        raise DatasetError(f"{path} does not exist or is not a directory: expected a split folder "
-                           f"with one sub-folder per class (<wnid>/<image files>)")
+        raise DatasetError(
+            f"{path} does not exist or is not a directory: expected a split folder "
+            f"with one sub-folder per class (<wnid>/<image files>)"
+        )
     entries = sorted(os.scandir(path), key=lambda e: e.name)
     folders = [e.name for e in entries if e.is_dir() and not e.name.startswith(".")]
     stray = [BadFile(e.path, "stray file beside the class folders") for e in entries if not e.is_dir()]
     if not folders:
         n_images = sum(is_image_name(e.name) for e in entries if not e.is_dir())
-        hint = (f"; it holds {n_images} image files directly: sort them into <wnid>/ folders "
-                f"(for ImageNet's val: the devkit's ground truth, e.g. valprep.sh)") if n_images else ""
+        hint = (
+            (
+                f"; it holds {n_images} image files directly: sort them into <wnid>/ folders "
+                f"(for ImageNet's val: the devkit's ground truth, e.g. valprep.sh)"
+            )
+            if n_images
+            else ""
+        )
         raise DatasetError(f"{path} has no class folders: expected {path}/<class>/<image files>{hint}")
     samples: list[tuple[str, int]] = []
     empty: list[str] = []
@@ -141,21 +149,31 @@ def list_split(path: Path) -> Split:
     return Split(path=path, classes=folders, samples=samples, stray=stray, empty_classes=empty)
 
 
-def scan_tree(root: str | os.PathLike | None, splits: Sequence[str], num_classes: int | None,
-              root_key: str = "data.root") -> dict[str, Split]:
+def scan_tree(
+    root: str | os.PathLike | None,
+    splits: Sequence[str],
+    num_classes: int | None,
+    root_key: str = "data.root",
+) -> dict[str, Split]:
     """List every split of an ImageNet-layout tree and check they agree; raise :class:`DatasetError` if not.
 
     Labels come from the first split's sorted class folders; every other split must have the same set.
     """
     if root in (None, "", "None", "null"):
-        raise DatasetError(f"{root_key} is not set: pass {root_key}=/path/to/imagenet (a folder with "
-                           f"{'/ and '.join(splits)}/ class folders) or set IMAGENET_ROOT")
+        raise DatasetError(
+            f"{root_key} is not set: pass {root_key}=/path/to/imagenet (a folder with "
+            f"{'/ and '.join(splits)}/ class folders) or set IMAGENET_ROOT"
+        )
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise DatasetError(f"{root_key}={root} does not exist or is not a directory: expected "
-                           f"{root}/{{{','.join(splits)}}}/<class>/<image files>")
+        raise DatasetError(
+            f"{root_key}={root} does not exist or is not a directory: expected "
+            f"{root}/{{{','.join(splits)}}}/<class>/<image files>"
+        )
     if not any(root.iterdir()):
-        raise DatasetError(f"{root_key}={root} is empty: expected {root}/{{{','.join(splits)}}}/<class>/<images>")
+        raise DatasetError(
+            f"{root_key}={root} is empty: expected {root}/{{{','.join(splits)}}}/<class>/<images>"
+        )
     found: dict[str, Split] = {}
     for split in splits:
         first = next(iter(found.values()), None)
@@ -170,8 +188,10 @@ def scan_tree(root: str | os.PathLike | None, splits: Sequence[str], num_classes
         found[split] = listing
     classes = next(iter(found.values())).classes
     if num_classes is not None and len(classes) != num_classes:
-        raise DatasetError(f"data.num_classes={num_classes} but {root} has {len(classes)} class folders "
-                           f"({_few(classes)}): set data.num_classes={len(classes)}")
+        raise DatasetError(
+            f"data.num_classes={num_classes} but {root} has {len(classes)} class folders "
+            f"({_few(classes)}): set data.num_classes={len(classes)}"
+        )
     return found
 
 
@@ -195,8 +215,12 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("MIXERLAB_CACHE", "~/.cache/mixerlab")).expanduser() / "verify"
 
 
-def verify_images(paths: Sequence[str], num_workers: int = 0, cache_dir: str | os.PathLike | None = None,
-                  progress: bool = False) -> list[BadFile]:
+def verify_images(
+    paths: Sequence[str],
+    num_workers: int = 0,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = False,
+) -> list[BadFile]:
     """Parse every file (in ``num_workers`` processes); return the ones that do not decode.
 
     With ``cache_dir`` the verdict is stored under the fingerprint of the file list and reused while no
@@ -210,11 +234,13 @@ def verify_images(paths: Sequence[str], num_workers: int = 0, cache_dir: str | o
             return [BadFile(p, r) for p, r in json.loads(cache.read_text())["bad"]]
     if num_workers > 0 and len(paths) > 64:
         with ProcessPoolExecutor(num_workers) as pool:
-            verdicts = pool.map(check_image, paths, chunksize=max(1, min(256, len(paths) // (8 * num_workers))))
+            verdicts = pool.map(
+                check_image, paths, chunksize=max(1, min(256, len(paths) // (8 * num_workers)))
+            )
             verdicts = list(_progress(verdicts, len(paths), progress))
     else:
         verdicts = [check_image(p) for p in _progress(paths, len(paths), progress)]
-    bad = [BadFile(p, r) for p, r in zip(paths, verdicts) if r is not None]
+    bad = [BadFile(p, r) for p, r in zip(paths, verdicts, strict=True) if r is not None]
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(f".{os.getpid()}.tmp")

@@ -48,8 +48,10 @@ from mixers.contract import ConfigError
 
 log = logging.getLogger("mixerlab")
 
-FFCV_INSTALL = ("apt-get install -y pkg-config libturbojpeg0-dev libopencv-dev && "
-                "pip install 'ffcv==1.0.2' opencv-python-headless numba   (or: pip install -e '.[ffcv]')")
+FFCV_INSTALL = (
+    "apt-get install -y pkg-config libturbojpeg0-dev libopencv-dev && "
+    "pip install 'ffcv==1.0.2' opencv-python-headless numba   (or: pip install -e '.[ffcv]')"
+)
 ORDERS = ("auto", "random", "quasi_random", "sequential")
 
 
@@ -59,8 +61,10 @@ def require_ffcv():
         import ffcv
         import ffcv.loader  # noqa: F401  (pulls numba, cv2 and libffcv: the parts that fail to install)
     except ImportError as error:
-        raise ConfigError(f"data=imagenet_ffcv needs the ffcv extra, which is not importable ({error}). "
-                          f"Install it with:\n  {FFCV_INSTALL}") from error
+        raise ConfigError(
+            f"data=imagenet_ffcv needs the ffcv extra, which is not importable ({error}). "
+            f"Install it with:\n  {FFCV_INSTALL}"
+        ) from error
     return ffcv
 
 
@@ -77,8 +81,10 @@ class ProgressiveResolution:
 
     def __post_init__(self) -> None:
         if min(self.start_res, self.end_res, self.multiple) <= 0 or self.end_epoch < self.start_epoch:
-            raise ConfigError(f"data.progressive={self}: resolutions and multiple must be positive and "
-                              f"end_epoch >= start_epoch")
+            raise ConfigError(
+                f"data.progressive={self}: resolutions and multiple must be positive and "
+                f"end_epoch >= start_epoch"
+            )
 
     def __call__(self, epoch: int) -> int:
         res = np.interp(epoch, [self.start_epoch, self.end_epoch], [self.start_res, self.end_res])
@@ -95,8 +101,9 @@ class RepeatedAugmentationOrder:
 
     def __init__(self, indices: np.ndarray, seed: int, rank: int, world_size: int, repeats: int) -> None:
         self.indices = np.asarray(indices)
-        self.sampler = EpochSampler(len(self.indices), seed=seed, rank=rank, world_size=world_size,
-                                    repeats=repeats)
+        self.sampler = EpochSampler(
+            len(self.indices), seed=seed, rank=rank, world_size=world_size, repeats=repeats
+        )
 
     def sample_order(self, epoch: int) -> np.ndarray:
         self.sampler.set_epoch(epoch)
@@ -111,8 +118,14 @@ class FFCVBatches:
     call reaches :meth:`set_epoch`. Yields ``(images, labels)`` on the loader's device.
     """
 
-    def __init__(self, loader, transform: BatchTransform, decoder=None,
-                 resolution: ProgressiveResolution | None = None, name: str = "train") -> None:
+    def __init__(
+        self,
+        loader,
+        transform: BatchTransform,
+        decoder=None,
+        resolution: ProgressiveResolution | None = None,
+        name: str = "train",
+    ) -> None:
         self.loader = loader
         self.transform = transform
         self.decoder = decoder
@@ -136,8 +149,13 @@ class FFCVBatches:
         res = self.current_resolution()
         if res is not None and self.decoder is not None:
             self.decoder.output_size = (res, res)  # buffers are re-allocated per epoch; code stays compiled
-            log.info("ffcv %s epoch %d: decoding at %d px, batches resized to %d px",
-                     self.name, self.epoch, res, self.transform.img_size)
+            log.info(
+                "ffcv %s epoch %d: decoding at %d px, batches resized to %d px",
+                self.name,
+                self.epoch,
+                res,
+                self.transform.img_size,
+            )
         iterator = iter(self.loader)
         try:
             while True:
@@ -161,8 +179,10 @@ def wait_for_batch(iterator, poll_s: float = 0.5) -> None:
     with queue.not_empty:
         while not queue._qsize():
             if not iterator.is_alive():
-                raise RuntimeError(f"ffcv's loader thread for {iterator.loader.fname} stopped before the end of "
-                                   f"the epoch (its exception is printed above)")
+                raise RuntimeError(
+                    f"ffcv's loader thread for {iterator.loader.fname} stopped before the end of "
+                    f"the epoch (its exception is printed above)"
+                )
             queue.not_empty.wait(poll_s)
 
 
@@ -202,8 +222,14 @@ class ImageNetFFCVDataModule(ImageDataModule):
             raise ConfigError(f"data.bad_files={bad_files!r} must be one of {list(BAD_FILE_POLICIES)}")
         if order not in ORDERS:
             raise ConfigError(f"data.order={order!r} must be one of {list(ORDERS)}")
-        super().__init__(img_size=img_size, in_chans=in_chans, num_classes=num_classes, batch_size=batch_size,
-                         repeated_aug=repeated_aug, **kwargs)
+        super().__init__(
+            img_size=img_size,
+            in_chans=in_chans,
+            num_classes=num_classes,
+            batch_size=batch_size,
+            repeated_aug=repeated_aug,
+            **kwargs,
+        )
         self.crop_pct = crop_pct
         self.os_cache = os_cache
         self.order = order
@@ -211,8 +237,10 @@ class ImageNetFFCVDataModule(ImageDataModule):
         self.augment = dict(augment or {})
         known = {"scale", "ratio", "hflip", "three_augment", "color_jitter", "re_prob", "re_mode", "re_count"}
         if set(self.augment) - known:
-            raise ConfigError(f"data.augment has unknown keys {sorted(set(self.augment) - known)}; "
-                              f"the FFCV path takes {sorted(known)}")
+            raise ConfigError(
+                f"data.augment has unknown keys {sorted(set(self.augment) - known)}; "
+                f"the FFCV path takes {sorted(known)}"
+            )
         self.progressive = ProgressiveResolution(**progressive) if progressive else None
         self.device = device
         self.root, self.train_path, self.val_path = self._check_root(root, train_beton, val_beton)
@@ -222,32 +250,46 @@ class ImageNetFFCVDataModule(ImageDataModule):
     @staticmethod
     def _check_root(root, train_beton: str, val_beton: str) -> tuple[Path, Path, Path]:
         if root in (None, "", "None", "null"):
-            raise DatasetError("data.root is not set: pass data.root=/path/to/betons (the --out folder of "
-                               "scripts/write_ffcv.py, with train.beton and val.beton) or set IMAGENET_FFCV_ROOT")
+            raise DatasetError(
+                "data.root is not set: pass data.root=/path/to/betons (the --out folder of "
+                "scripts/write_ffcv.py, with train.beton and val.beton) or set IMAGENET_FFCV_ROOT"
+            )
         root = Path(root).expanduser()
         if not root.is_dir():
-            raise DatasetError(f"data.root={root} does not exist or is not a directory: expected a folder with "
-                               f"{train_beton} and {val_beton} (write them with scripts/write_ffcv.py)")
+            raise DatasetError(
+                f"data.root={root} does not exist or is not a directory: expected a folder with "
+                f"{train_beton} and {val_beton} (write them with scripts/write_ffcv.py)"
+            )
         paths = []
         for name in (train_beton, val_beton):
             path = root / name
             if not path.is_file() or path.stat().st_size == 0:
-                raise DatasetError(f"{path} is missing or empty: expected an FFCV beton; write it with "
-                                   f"python scripts/write_ffcv.py --src <imagenet folder> --out {root}")
+                raise DatasetError(
+                    f"{path} is missing or empty: expected an FFCV beton; write it with "
+                    f"python scripts/write_ffcv.py --src <imagenet folder> --out {root}"
+                )
             try:
                 from ffcv.reader import Reader
 
                 reader = Reader(str(path))
-                if set(reader.field_names) != {"image", "label"} or len(reader.metadata) != reader.num_samples:
-                    raise ValueError(f"fields {reader.field_names}, {len(reader.metadata)} of "
-                                     f"{reader.num_samples} sample records")
+                if (
+                    set(reader.field_names) != {"image", "label"}
+                    or len(reader.metadata) != reader.num_samples
+                ):
+                    raise ValueError(
+                        f"fields {reader.field_names}, {len(reader.metadata)} of "
+                        f"{reader.num_samples} sample records"
+                    )
                 table = reader.alloc_table
-                if reader.num_samples and (not len(table) or int((table["ptr"] + table["size"]).max())
-                                           > path.stat().st_size):
+                if reader.num_samples and (
+                    not len(table) or int((table["ptr"] + table["size"]).max()) > path.stat().st_size
+                ):
                     raise ValueError("truncated: its pages end beyond the end of the file")
             except Exception as error:  # ffcv raises bare AssertionError/ValueError/IndexError on bad files
-                raise DatasetError(f"{path} is not a readable image/label FFCV beton ({error}): rewrite it "
-                                   f"with scripts/write_ffcv.py") from error
+                raise DatasetError(
+                    f"{path} is not a readable image/label FFCV beton ({error}): rewrite it "
+                    f"with scripts/write_ffcv.py"
+                ) from error
             if reader.num_samples == 0:
                 raise DatasetError(f"{path} holds no samples")
             paths.append(path)
@@ -256,20 +298,28 @@ class ImageNetFFCVDataModule(ImageDataModule):
     def _check_meta(self, num_classes: int, bad_files: str) -> dict:
         meta_path = self.root / "dataset.json"
         if not meta_path.exists():
-            warnings.warn(f"{meta_path} not found (betons not written by scripts/write_ffcv.py): class names "
-                          f"and the bad-file report are unknown; labels are taken as written", stacklevel=3)
+            warnings.warn(
+                f"{meta_path} not found (betons not written by scripts/write_ffcv.py): class names "
+                f"and the bad-file report are unknown; labels are taken as written",
+                stacklevel=3,
+            )
             return {}
         meta = json.loads(meta_path.read_text())
         if len(meta["classes"]) != num_classes:
-            raise DatasetError(f"data.num_classes={num_classes} but {meta_path} lists {len(meta['classes'])} "
-                               f"classes: set data.num_classes={len(meta['classes'])}")
+            raise DatasetError(
+                f"data.num_classes={num_classes} but {meta_path} lists {len(meta['classes'])} "
+                f"classes: set data.num_classes={len(meta['classes'])}"
+            )
         report = self.root / "bad_files.txt"
         if report.exists():
             from data.image_tree import BadFile
 
             bad = [BadFile(*line.split("\t", 1)) for line in report.read_text().splitlines() if "\t" in line]
-            apply_bad_file_policy(bad, bad_files, f"of {meta.get('source')} that the writer left out of the "
-                                  f"betons (listed in {report})")
+            apply_bad_file_policy(
+                bad,
+                bad_files,
+                f"of {meta.get('source')} that the writer left out of the betons (listed in {report})",
+            )
         return meta
 
     @property
@@ -293,11 +343,18 @@ class ImageNetFFCVDataModule(ImageDataModule):
             order = "random" if world > 1 else "quasi_random"
         if order == "quasi_random" and world > 1:
             raise ConfigError("data.order=quasi_random is not supported by ffcv when distributed: use random")
-        return {"random": OrderOption.RANDOM, "quasi_random": OrderOption.QUASI_RANDOM,
-                "sequential": OrderOption.SEQUENTIAL}[order]
+        return {
+            "random": OrderOption.RANDOM,
+            "quasi_random": OrderOption.QUASI_RANDOM,
+            "sequential": OrderOption.SEQUENTIAL,
+        }[order]
 
     def _build(self, train: bool) -> FFCVBatches:
-        from ffcv.fields.decoders import CenterCropRGBImageDecoder, IntDecoder, RandomResizedCropRGBImageDecoder
+        from ffcv.fields.decoders import (
+            CenterCropRGBImageDecoder,
+            IntDecoder,
+            RandomResizedCropRGBImageDecoder,
+        )
         from ffcv.loader import Loader
         from ffcv.transforms import RandomHorizontalFlip, ToDevice, ToTensor, ToTorchImage
 
@@ -306,8 +363,11 @@ class ImageNetFFCVDataModule(ImageDataModule):
         aug = self.augment
         if train:
             res = self.progressive(0) if self.progressive else self.img_size
-            decoder = RandomResizedCropRGBImageDecoder((res, res), scale=tuple(aug.get("scale", (0.08, 1.0))),
-                                                       ratio=tuple(aug.get("ratio", (3 / 4, 4 / 3))))
+            decoder = RandomResizedCropRGBImageDecoder(
+                (res, res),
+                scale=tuple(aug.get("scale", (0.08, 1.0))),
+                ratio=tuple(aug.get("ratio", (3 / 4, 4 / 3))),
+            )
             image_ops = [decoder]
             if aug.get("hflip", 0.5) > 0:
                 image_ops.append(RandomHorizontalFlip(aug.get("hflip", 0.5)))
@@ -333,15 +393,28 @@ class ImageNetFFCVDataModule(ImageDataModule):
         )
         if repeats > 1:
             # ffcv's Loader has no hook for a custom order object: swap it in and refresh its length
-            loader.traversal_order = RepeatedAugmentationOrder(loader.indices, self.seed, rank, world, repeats)
+            loader.traversal_order = RepeatedAugmentationOrder(
+                loader.indices, self.seed, rank, world, repeats
+            )
             loader.first_traversal_order = loader.next_traversal_order()
         transform = BatchTransform(
-            self.img_size, self.mean, self.std, train=train,
-            three_augment=aug.get("three_augment", True), color_jitter=aug.get("color_jitter", 0.3),
-            re_prob=aug.get("re_prob", 0.25), re_mode=aug.get("re_mode", "pixel"), re_count=aug.get("re_count", 1),
+            self.img_size,
+            self.mean,
+            self.std,
+            train=train,
+            three_augment=aug.get("three_augment", True),
+            color_jitter=aug.get("color_jitter", 0.3),
+            re_prob=aug.get("re_prob", 0.25),
+            re_mode=aug.get("re_mode", "pixel"),
+            re_count=aug.get("re_count", 1),
         )
-        return FFCVBatches(loader, transform, decoder=decoder if train else None,
-                           resolution=self.progressive if train else None, name="train" if train else "val")
+        return FFCVBatches(
+            loader,
+            transform,
+            decoder=decoder if train else None,
+            resolution=self.progressive if train else None,
+            name="train" if train else "val",
+        )
 
     def train_dataloader(self) -> FFCVBatches:
         return self._build(train=True)
@@ -352,4 +425,3 @@ class ImageNetFFCVDataModule(ImageDataModule):
     @property
     def num_train_samples(self) -> int:
         return int(self.meta.get("splits", {}).get("train", {}).get("samples", 0))
-

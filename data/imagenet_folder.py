@@ -41,10 +41,15 @@ BAD_FILE_POLICIES = ("skip", "fail")
 
 
 class FolderImages:
-    """``(RGB PIL image, label)`` per listed file, applying the bad-file policy to files that do not decode."""
+    """``(RGB PIL image, label)`` per listed file; files that do not decode meet the bad-file policy."""
 
-    def __init__(self, samples: Sequence[tuple[str, int]], bad_files: str = "skip", log_path: str | None = None,
-                 max_consecutive_bad: int = 32) -> None:
+    def __init__(
+        self,
+        samples: Sequence[tuple[str, int]],
+        bad_files: str = "skip",
+        log_path: str | None = None,
+        max_consecutive_bad: int = 32,
+    ) -> None:
         self.samples = list(samples)
         self.bad_files = bad_files
         self.log_path = log_path
@@ -61,18 +66,25 @@ class FolderImages:
                 return load_rgb(path), label
             except BadImageError as error:
                 if self.bad_files == "fail":
-                    raise BadImageError(f"{error} (data.bad_files=fail: remove or replace the file, "
-                                        f"or set data.bad_files=skip)") from error
+                    raise BadImageError(
+                        f"{error} (data.bad_files=fail: remove or replace the file, "
+                        f"or set data.bad_files=skip)"
+                    ) from error
                 self._skip(BadFile(path, str(error).split(": ", 1)[-1]))
-        raise BadImageError(f"{self.max_consecutive_bad} files in a row from {self.samples[index][0]} do not "
-                            f"decode: is the dataset readable?")
+        raise BadImageError(
+            f"{self.max_consecutive_bad} files in a row from {self.samples[index][0]} do not "
+            f"decode: is the dataset readable?"
+        )
 
     def _skip(self, bad: BadFile) -> None:
         if bad.path in self.skipped:
             return
         self.skipped[bad.path] = bad.reason
-        warnings.warn(f"skipped unreadable image {bad.path}: {bad.reason} (data.bad_files=skip; its slot "
-                      f"gets the next file)", stacklevel=3)
+        warnings.warn(
+            f"skipped unreadable image {bad.path}: {bad.reason} (data.bad_files=skip; its slot "
+            f"gets the next file)",
+            stacklevel=3,
+        )
         if self.log_path:
             # one short append per file: atomic under O_APPEND, so worker processes do not interleave lines
             with open(self.log_path, "a") as log:
@@ -85,14 +97,20 @@ def log_bad_files(bad: Sequence[BadFile], log_path: str | None) -> None:
             log.writelines(b.line() + "\n" for b in bad)
 
 
-def apply_bad_file_policy(bad: Sequence[BadFile], policy: str, what: str, log_path: str | None = None) -> None:
+def apply_bad_file_policy(
+    bad: Sequence[BadFile], policy: str, what: str, log_path: str | None = None
+) -> None:
     """Name and count ``bad`` files: a warning (skip) or a DatasetError naming them (fail)."""
     if not bad:
         return
-    names = "\n  ".join(b.line() for b in bad[:20]) + (f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else "")
+    names = "\n  ".join(b.line() for b in bad[:20]) + (
+        f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
+    )
     if policy == "fail":
-        raise DatasetError(f"{len(bad)} bad file(s) {what} (data.bad_files=fail; remove them or set "
-                           f"data.bad_files=skip):\n  {names}")
+        raise DatasetError(
+            f"{len(bad)} bad file(s) {what} (data.bad_files=fail; remove them or set "
+            f"data.bad_files=skip):\n  {names}"
+        )
     log_bad_files(bad, log_path)
     where = f"; all listed in {log_path}" if log_path else ""
     warnings.warn(f"skipping {len(bad)} bad file(s) {what}{where}:\n  {names}", stacklevel=2)
@@ -118,11 +136,19 @@ class ImageNetFolderDataModule(ImageDataModule):
         **kwargs,
     ) -> None:
         if in_chans != 3:
-            raise ConfigError(f"data.in_chans={in_chans}: ImageNet images are decoded to RGB, set data.in_chans=3")
+            raise ConfigError(
+                f"data.in_chans={in_chans}: ImageNet images are decoded to RGB, set data.in_chans=3"
+            )
         if bad_files not in BAD_FILE_POLICIES:
             raise ConfigError(f"data.bad_files={bad_files!r} must be one of {list(BAD_FILE_POLICIES)}")
-        super().__init__(img_size=img_size, in_chans=in_chans, num_classes=num_classes, batch_size=batch_size,
-                         repeated_aug=repeated_aug, **kwargs)
+        super().__init__(
+            img_size=img_size,
+            in_chans=in_chans,
+            num_classes=num_classes,
+            batch_size=batch_size,
+            repeated_aug=repeated_aug,
+            **kwargs,
+        )
         self.root = root
         self.crop_pct = crop_pct
         self.eval_interpolation = eval_interpolation
@@ -135,11 +161,16 @@ class ImageNetFolderDataModule(ImageDataModule):
         self.train_split, self.val_split = self.splits[train_dir], self.splits[val_dir]
         for split in (self.train_split, self.val_split):
             if not split.samples:
-                raise DatasetError(f"{split.path} has {len(split.classes)} class folders but no image files "
-                                   f"(extensions: .JPEG, .jpg, .png, ...)")
+                raise DatasetError(
+                    f"{split.path} has {len(split.classes)} class folders but no image files "
+                    f"(extensions: .JPEG, .jpg, .png, ...)"
+                )
             if split.empty_classes:
-                warnings.warn(f"{split.path}: {len(split.empty_classes)} class folder(s) hold no images: "
-                              f"{', '.join(split.empty_classes[:10])}", stacklevel=2)
+                warnings.warn(
+                    f"{split.path}: {len(split.empty_classes)} class folder(s) hold no images: "
+                    f"{', '.join(split.empty_classes[:10])}",
+                    stacklevel=2,
+                )
         self.stray = self.train_split.stray + self.val_split.stray
         apply_bad_file_policy(self.stray, bad_files, f"that are not images under {root}")
 
@@ -163,8 +194,12 @@ class ImageNetFolderDataModule(ImageDataModule):
         log_bad_files(self.stray, log)
         if self.verify:
             paths = [p for p, _ in train + val]
-            bad = verify_images(paths, num_workers=self.num_workers,
-                                cache_dir=self.verify_cache or default_cache_dir(), progress=True)
+            bad = verify_images(
+                paths,
+                num_workers=self.num_workers,
+                cache_dir=self.verify_cache or default_cache_dir(),
+                progress=True,
+            )
             apply_bad_file_policy(bad, self.bad_files, f"that do not decode under {self.root}", log)
             dropped = {b.path for b in bad}
             train = [s for s in train if s[0] not in dropped]

@@ -32,7 +32,9 @@ def written(tmp_path_factory) -> tuple[Path, Path, dict, dict]:
     src = tmp_path_factory.mktemp("imagenet")
     manifest = write_fake_imagenet(src, bad_files=True)
     out = tmp_path_factory.mktemp("betons")
-    record = write_betons(src, out, max_resolution=256, compress_probability=1.0, jpeg_quality=90, num_workers=2)
+    record = write_betons(
+        src, out, max_resolution=256, compress_probability=1.0, jpeg_quality=90, num_workers=2
+    )
     return src, out, manifest, record
 
 
@@ -46,15 +48,26 @@ def ffcv_module(root: Path, **overrides):
 # ---------------------------------------------------------------- pure Python (no ffcv needed)
 def test_progressive_resolution_ramps_linearly_between_epochs_in_multiples():
     schedule = ProgressiveResolution(start_res=160, end_res=224, start_epoch=2, end_epoch=6, multiple=32)
-    assert [schedule(e) for e in range(8)] == [160, 160, 160, 192, 192, 192, 224, 224]  # np.round: half to even
+    assert [schedule(e) for e in range(8)] == [
+        160,
+        160,
+        160,
+        192,
+        192,
+        192,
+        224,
+        224,
+    ]  # np.round: half to even
     with pytest.raises(ConfigError, match="end_epoch >= start_epoch"):
         ProgressiveResolution(start_res=160, end_res=224, start_epoch=6, end_epoch=2)
 
 
 def test_repeated_augmentation_order_deals_each_index_thrice_to_different_ranks():
     indices = np.arange(10, 22)
-    orders = [RepeatedAugmentationOrder(indices, seed=0, rank=r, world_size=3, repeats=3).sample_order(5)
-              for r in range(3)]
+    orders = [
+        RepeatedAugmentationOrder(indices, seed=0, rank=r, world_size=3, repeats=3).sample_order(5)
+        for r in range(3)
+    ]
     assert all(len(o) == 4 for o in orders)  # ceil(12 / 3) per rank, as without repeats
     for position in range(4):  # the three copies of a drawn index sit at the same position on the 3 ranks
         assert orders[0][position] == orders[1][position] == orders[2][position]
@@ -67,8 +80,11 @@ def test_missing_ffcv_fails_at_start_up_with_the_install_command(monkeypatch, tm
     from data.imagenet_ffcv import ImageNetFFCVDataModule
 
     monkeypatch.setitem(sys.modules, "ffcv", None)  # "import ffcv" now raises ImportError
-    with pytest.raises(ConfigError, match=r"needs the ffcv extra(.|\n)*apt-get install -y pkg-config "
-                                          r"libturbojpeg0-dev libopencv-dev && pip install 'ffcv==1.0.2'"):
+    with pytest.raises(
+        ConfigError,
+        match=r"needs the ffcv extra(.|\n)*apt-get install -y pkg-config "
+        r"libturbojpeg0-dev libopencv-dev && pip install 'ffcv==1.0.2'",
+    ):
         ImageNetFFCVDataModule(root=str(tmp_path), img_size=32, **SMALL)
 
 
@@ -80,10 +96,18 @@ def test_writer_leaves_out_every_bad_file_and_lists_it_next_to_the_betons(writte
     assert set(listed) == {str(src / p) for p in manifest["bad"]}
     assert record["splits"]["train"]["samples"] == manifest["train"]
     assert record["splits"]["val"]["samples"] == manifest["val"]
-    assert record["splits"]["train"]["bad_files"] + record["splits"]["val"]["bad_files"] == len(manifest["bad"])
+    assert record["splits"]["train"]["bad_files"] + record["splits"]["val"]["bad_files"] == len(
+        manifest["bad"]
+    )
     assert json.loads((out / "dataset.json").read_text())["classes"] == sorted(manifest["classes"])
-    assert {p.name for p in out.iterdir()} == {"train.beton", "val.beton", "train.files.txt", "val.files.txt",
-                                               "dataset.json", "bad_files.txt"}
+    assert {p.name for p in out.iterdir()} == {
+        "train.beton",
+        "val.beton",
+        "train.files.txt",
+        "val.files.txt",
+        "dataset.json",
+        "bad_files.txt",
+    }
 
 
 @pytest.mark.ffcv
@@ -142,8 +166,9 @@ def test_centre_cropped_val_view_matches_the_folder_pipeline_within_jpeg_toleran
         reference, label = folder.val_set[index[str(src / "val" / rel)]]
         assert label == labels[i].item()
         error = (to_pixels(images[i]) - to_pixels(reference)).abs().mean(dim=(0, 1, 2))
-        nearest_other = min((to_pixels(images[j]) - to_pixels(reference)).abs().mean()
-                            for j in range(len(images)) if j != i)
+        nearest_other = min(
+            (to_pixels(images[j]) - to_pixels(reference)).abs().mean() for j in range(len(images)) if j != i
+        )
         assert error < nearest_other / 2  # unmistakably the same image: nothing shuffled or mislabelled
         errors.append(float(error))
     # 0..255 scale. Measured: mean 3.7; 1.1-3.9 on 7 images, 7.7 and 11.2 on the two portrait images with
@@ -152,13 +177,16 @@ def test_centre_cropped_val_view_matches_the_folder_pipeline_within_jpeg_toleran
 
 
 @pytest.mark.ffcv
-@pytest.mark.parametrize("case, message", [
-    ("missing_root", r"data.root=.*/nowhere does not exist"),
-    ("missing_val", r"val.beton is missing or empty: expected an FFCV beton; write it with"),
-    ("truncated", r"val.beton is not a readable image/label FFCV beton .*rewrite it"),
-    ("num_classes", r"data.num_classes=10 but .*dataset.json lists 4 classes: set data.num_classes=4"),
-    ("bad_files_fail", r"6 bad file\(s\) .*left out of the betons(.|\n)*empty\.JPEG"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing_root", r"data.root=.*/nowhere does not exist"),
+        ("missing_val", r"val.beton is missing or empty: expected an FFCV beton; write it with"),
+        ("truncated", r"val.beton is not a readable image/label FFCV beton .*rewrite it"),
+        ("num_classes", r"data.num_classes=10 but .*dataset.json lists 4 classes: set data.num_classes=4"),
+        ("bad_files_fail", r"6 bad file\(s\) .*left out of the betons(.|\n)*empty\.JPEG"),
+    ],
+)
 def test_bad_beton_folders_fail_at_start_up_naming_the_file(written, tmp_path, case, message):
     from data.imagenet_ffcv import ImageNetFFCVDataModule
 
@@ -185,11 +213,21 @@ def test_bad_beton_folders_fail_at_start_up_naming_the_file(written, tmp_path, c
 def test_train_py_trains_on_betons_with_progressive_resizing(written, train_run):
     """End to end on the CPU; the decoder's resolution follows the epoch while the model always gets 32 px."""
     _, out, _, _ = written
-    proc, summary = train_run("data=imagenet_ffcv", f"data.root={out}", "data.num_classes=4", "data.img_size=32",
-                              "data.batch_size=8", "data.num_workers=1", "recipe=digits", "trainer.max_epochs=3",
-                              "+data.progressive={start_res:16,end_res:32,start_epoch:0,end_epoch:2,multiple:8}")
+    proc, summary = train_run(
+        "data=imagenet_ffcv",
+        f"data.root={out}",
+        "data.num_classes=4",
+        "data.img_size=32",
+        "data.batch_size=8",
+        "data.num_workers=1",
+        "recipe=digits",
+        "trainer.max_epochs=3",
+        "+data.progressive={start_res:16,end_res:32,start_epoch:0,end_epoch:2,multiple:8}",
+    )
     assert summary["status"] == "completed" and summary["data"] == "imagenet_ffcv" and summary["epochs"] == 3
     assert summary["steps"] == 3 * (27 // 8)  # drop_last: 27 training images, batches of 8
     for epoch, res in enumerate((16, 24, 32)):
-        assert f"ffcv train epoch {epoch}: decoding at {res} px, batches resized to 32 px" in proc.stdout + proc.stderr
-
+        assert (
+            f"ffcv train epoch {epoch}: decoding at {res} px, batches resized to 32 px"
+            in proc.stdout + proc.stderr
+        )

@@ -49,15 +49,23 @@ def test_fixture_is_deterministic_with_varied_sizes_and_lists_its_bad_cases(tmp_
     assert len(sizes) > 10  # varied sizes and aspect ratios
     assert manifest["train"] == 4 * 6 + 3 and manifest["val"] == 4 * 2 + 1  # + decodable oddities
     assert sorted(manifest["bad"].values()) == sorted(
-        ["truncated JPEG", "zero-byte file", "text file", "macOS metadata beside the class folders",
-         "macOS metadata", "truncated JPEG"])
+        [
+            "truncated JPEG",
+            "zero-byte file",
+            "text file",
+            "macOS metadata beside the class folders",
+            "macOS metadata",
+            "truncated JPEG",
+        ]
+    )
 
 
 def test_make_fixture_script_writes_the_tree(tmp_path):
     from scripts.make_fixture_imagenet import main
 
-    manifest = main(["--out", str(tmp_path / "t"), "--classes", "3", "--train-per-class", "2",
-                     "--val-per-class", "1"])
+    manifest = main(
+        ["--out", str(tmp_path / "t"), "--classes", "3", "--train-per-class", "2", "--val-per-class", "1"]
+    )
     assert len(list((tmp_path / "t" / "train").glob("*/*.JPEG"))) == 6 == manifest["train"]
     assert json.loads((tmp_path / "t" / "fixture.json").read_text())["classes"] == manifest["classes"]
 
@@ -121,8 +129,9 @@ def test_stray_non_images_are_named_at_start_up(tree):
         ImageNetFolderDataModule(root=str(root), bad_files="skip", **SMALL)
 
 
-def test_verify_finds_every_undecodable_file_and_reuses_its_verdict_until_a_file_changes(tree, tmp_path,
-                                                                                         monkeypatch):
+def test_verify_finds_every_undecodable_file_and_reuses_its_verdict_until_a_file_changes(
+    tree, tmp_path, monkeypatch
+):
     root, manifest = tree
     splits = scan_tree(root, ("train", "val"), 4)
     paths = [p for p, _ in splits["train"].samples + splits["val"].samples]
@@ -158,8 +167,11 @@ def test_verify_option_drops_bad_files_before_training(tree):
         ("empty", r"data.root=.*/empty is empty"),
         ("flat_val", r"/val has no class folders: .*holds 2 image files directly"),
         ("no_val", r"/val does not exist"),
-        ("classes_differ", r"class folders differ between .*train \(2\) and .*val \(2\): only in train: "
-                           r"n10001111; only in val: n99999999"),
+        (
+            "classes_differ",
+            r"class folders differ between .*train \(2\) and .*val \(2\): only in train: "
+            r"n10001111; only in val: n99999999",
+        ),
         ("num_classes", r"data.num_classes=4 but .* has 2 class folders .*set data.num_classes=2"),
         ("no_images", r"/val has 2 class folders but no image files"),
     ],
@@ -194,8 +206,9 @@ def test_layout_errors_fail_at_start_up_naming_the_path_and_what_was_expected(tm
             f.unlink()
     num_classes = 4 if case == "num_classes" else 2
     with pytest.raises(DatasetError, match=message):
-        ImageNetFolderDataModule(root=None if root is None else str(root), img_size=32, num_classes=num_classes,
-                                 batch_size=2)
+        ImageNetFolderDataModule(
+            root=None if root is None else str(root), img_size=32, num_classes=num_classes, batch_size=2
+        )
 
 
 # ---------------------------------------------------------------- configs and end to end
@@ -204,8 +217,14 @@ def test_fake_imagenet_config_writes_its_tree_on_first_use(tmp_path):
 
     from mixerlab.build import compose_config
 
-    cfg = compose_config(["data=fake_imagenet", f"data.root={tmp_path / 'fake'}",
-                          "data.fixture.train_per_class=2", "data.fixture.val_per_class=1"])
+    cfg = compose_config(
+        [
+            "data=fake_imagenet",
+            f"data.root={tmp_path / 'fake'}",
+            "data.fixture.train_per_class=2",
+            "data.fixture.val_per_class=1",
+        ]
+    )
     module = instantiate(cfg.data, _convert_="all")
     assert module.classes == sorted(module.classes) and len(module.classes) == cfg.data.num_classes == 4
     assert len(module.train_split) == 8 and (tmp_path / "fake" / "fixture.json").exists()
@@ -217,17 +236,37 @@ def test_imagenet_folder_config_carries_the_deit_augmentation():
     cfg = compose_config(["data=imagenet_folder"])
     aug = cfg.data.augment
     assert (aug.auto_augment, aug.re_prob, aug.interpolation, list(aug.scale)) == (
-        "rand-m9-mstd0.5-inc1", 0.25, "bicubic", [0.08, 1.0])
-    assert (cfg.data.crop_pct, cfg.data.repeated_aug, cfg.data.img_size, cfg.data.num_classes) == (0.875, 3, 224, 1000)
+        "rand-m9-mstd0.5-inc1",
+        0.25,
+        "bicubic",
+        [0.08, 1.0],
+    )
+    assert (cfg.data.crop_pct, cfg.data.repeated_aug, cfg.data.img_size, cfg.data.num_classes) == (
+        0.875,
+        3,
+        224,
+        1000,
+    )
 
 
 def test_train_py_trains_on_a_folder_tree_with_bad_files_and_lists_them_in_the_run_dir(tree, train_run):
     root, manifest = tree
-    proc, summary = train_run("data=imagenet_folder", f"data.root={root}", "data.num_classes=4",
-                              "data.img_size=32", "data.batch_size=8", "data.num_workers=1",
-                              "recipe=digits", "trainer.max_epochs=2")
-    assert summary["status"] == "completed" and summary["data"] == "imagenet_folder" and summary["epochs"] == 2
-    listed = {line.split("\t")[0] for line in (Path(summary["run_dir"]) / "bad_files.txt").read_text().splitlines()}
+    proc, summary = train_run(
+        "data=imagenet_folder",
+        f"data.root={root}",
+        "data.num_classes=4",
+        "data.img_size=32",
+        "data.batch_size=8",
+        "data.num_workers=1",
+        "recipe=digits",
+        "trainer.max_epochs=2",
+    )
+    assert (
+        summary["status"] == "completed" and summary["data"] == "imagenet_folder" and summary["epochs"] == 2
+    )
+    listed = {
+        line.split("\t")[0] for line in (Path(summary["run_dir"]) / "bad_files.txt").read_text().splitlines()
+    }
     assert listed == {str(root / p) for p in manifest["bad"]}
 
 
@@ -249,7 +288,9 @@ def test_three_augment_applies_one_of_grayscale_solarize_blur_per_image():
     solarized = (out == torch.where(x >= 128 / 255, 1 - x, x)).flatten(1).all(1)
     blurred = ~gray & ~solarized
     assert gray.any() and solarized.any() and blurred.any()
-    assert torch.allclose(grayscale(out[gray]), grayscale(x[gray]).to(out.dtype).expand(-1, 1, -1, -1), atol=1e-5)
+    assert torch.allclose(
+        grayscale(out[gray]), grayscale(x[gray]).to(out.dtype).expand(-1, 1, -1, -1), atol=1e-5
+    )
     jittered = ThreeAugment(color_jitter=0.3)(x)
     assert 0.0 <= jittered.min() and jittered.max() <= 1.0
 
