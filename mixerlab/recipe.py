@@ -25,6 +25,11 @@ from torchmetrics.classification import MulticlassAccuracy
 from mixers.contract import ConfigError
 
 
+def global_batch_size(per_device: int, world_size: int, accumulation: int) -> int:
+    """Samples per optimizer step across every device: per-device x devices x nodes x accumulation."""
+    return per_device * world_size * accumulation
+
+
 def scaled_lr(base_lr: float, global_batch: int, lr_batch_base: int) -> float:
     """DeiT's linear scaling rule: ``base_lr x global_batch / lr_batch_base`` (base 512)."""
     return base_lr * global_batch / lr_batch_base
@@ -114,15 +119,16 @@ class Recipe(L.LightningModule):
             return
         trainer = self.trainer
         batch = trainer.datamodule.batch_size
-        self.global_batch = batch * trainer.world_size * trainer.accumulate_grad_batches
+        self.global_batch = global_batch_size(batch, trainer.world_size, trainer.accumulate_grad_batches)
         hp = self.hparams
         self.peak_lr = scaled_lr(hp.lr, self.global_batch, hp.lr_batch_base) if hp.scale_lr else hp.lr
         if self.mixup_fn is not None and batch % 2:
             raise ConfigError(f"data.batch_size={batch} must be even when Mixup/CutMix is on (recipe.mixup)")
 
-    def configure_optimizers(self):
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        """AdamW (timm) with weight decay off for 1-D parameters and the backbone's no_weight_decay()."""
         hp = self.hparams
-        optimizer = create_optimizer_v2(
+        return create_optimizer_v2(
             self.backbone,
             opt=hp.opt,
             lr=self.peak_lr,
@@ -131,6 +137,10 @@ class Recipe(L.LightningModule):
             betas=tuple(hp.betas),
             **dict(hp.opt_kwargs or {}),
         )
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        optimizer = self.build_optimizer()
         total = int(self.trainer.estimated_stepping_batches)
         steps_per_epoch = total / max(1, self.trainer.max_epochs or 1)
         if self.trainer.max_epochs in (None, -1):
