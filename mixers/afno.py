@@ -7,8 +7,9 @@
     Y = softshrink(Y, lambda=0.01)                                 on real and imaginary parts
     out = irfft2(Y, s=(h, w), norm="ortho") + x                    the mixer adds its own input back
 
-All weights ``0.02 * randn``. AFNO's block is GFNet's single residual (``backbone.block.style=single_residual``).
-All frequency modes are kept (the paper's hard-thresholding fraction 1).
+All weights ``0.02 * randn``. AFNO's block is GFNet's single residual
+(``backbone.block.style=single_residual``). All frequency modes are kept (the paper's hard-thresholding
+fraction 1).
 
 CLS handling: the transform is defined on the patch grid; prefix tokens are left out and returned
 unchanged (the "+ x" of a mixer whose spectral part is empty for them). The block-diagonal MLP's einsums

@@ -56,7 +56,8 @@ def check_fixed_tokens(expected: int | None, layout: TokenLayout, key: str) -> i
         raise ConfigError(
             f"{key}={expected} but the backbone gives {layout.num_tokens} tokens "
             f"({layout.grid[0]}x{layout.grid[1]} patches + {layout.num_prefix} prefix); this mixer's weights "
-            f"fix the token count: set {key}=null to follow data.img_size / backbone.patch_size, or change those"
+            f"fix the token count: set {key}=null to follow data.img_size / backbone.patch_size, "
+            "or change those"
         )
     return expected
 

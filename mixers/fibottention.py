@@ -92,8 +92,9 @@ def fibottention_mask(offsets: list[list[int]], num_patches: int, num_prefix: in
 
 def kept_fraction(offsets: list[list[int]], num_patches: int) -> float:
     """Fraction of patch-patch pairs (over all heads) that the masks keep."""
-    kept = sum(2 * (num_patches - o) if o else num_patches for head in offsets for o in head if o < num_patches)
-    return kept / (len(offsets) * num_patches**2)
+    n = num_patches
+    kept = sum(2 * (n - o) if o else n for head in offsets for o in head if o < n)
+    return kept / (len(offsets) * n**2)
 
 
 @cache
@@ -176,11 +177,11 @@ class Fibottention(nn.Module):
             return "flex" if q.is_cuda and _flex_api() is not None else "diagonal"
         if backend == "flex":
             if _flex_api() is None:
-                _warn_once("Fibottention: FlexAttention is not available in this torch; using dense masked attention")
+                _warn_once("Fibottention: this torch has no FlexAttention; using dense masked attention")
                 return "dense"
             if not q.is_cuda and torch.is_grad_enabled() and q.requires_grad:
                 _warn_once(
-                    "Fibottention: FlexAttention has no CPU backward; using dense masked attention for training "
+                    "Fibottention: FlexAttention has no CPU backward; using dense masked attention to train "
                     "on CPU (mixer.sparse_backend=diagonal is the sparse CPU path)"
                 )
                 return "dense"

@@ -1,5 +1,6 @@
 """The MetaFormer baselines: pooling (Yu et al. 2022, PoolFormer; sail-sg/poolformer), identity and frozen
-random mixing (Yu et al. 2023, "MetaFormer Baselines for Vision": IdentityFormer, RandFormer; sail-sg/metaformer).
+random mixing (Yu et al. 2023, "MetaFormer Baselines for Vision": IdentityFormer, RandFormer;
+sail-sg/metaformer).
 
     pooling:  out = AvgPool2d(3, stride 1, padding 1, count_include_pad=False)(x) - x     on (B, C, h, w)
     identity: out = x

@@ -48,9 +48,9 @@ class GlobalFilter(nn.Module):
         h, w = layout.grid
         if filter_size is not None and tuple(filter_size) != (h, w):
             raise ConfigError(
-                f"mixer.filter_size={list(filter_size)} but the backbone gives a {h}x{w} patch grid; the filter's "
-                "weights fix the grid: set mixer.filter_size=null to follow data.img_size / backbone.patch_size, "
-                "or change those"
+                f"mixer.filter_size={list(filter_size)} but the backbone gives a {h}x{w} patch grid; the "
+                "filter's weights fix the grid: set mixer.filter_size=null to follow data.img_size / "
+                "backbone.patch_size, or change those"
             )
         self.layout = layout
         self.complex_weight = nn.Parameter(torch.randn(h, w // 2 + 1, dim, 2) * 0.02)
