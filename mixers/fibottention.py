@@ -227,31 +227,26 @@ class Fibottention(nn.Module):
     def _diagonal(self, q, k, v):
         prefix = self.layout.num_prefix
         n = q.shape[2] - prefix
-        scale = q.shape[-1] ** -0.5
         positions = torch.arange(n, device=q.device)
         heads = []
         for h, head_offsets in enumerate(self.offsets):
-            shifts = [s for o in head_offsets if o < n for s in ((o,) if o == 0 else (o, -o))]
-            qh = q[:, h, prefix:] * scale  # (B, n, d) patch queries
-            kh, vh = k[:, h, prefix:], v[:, h, prefix:]
-            pad = max((abs(s) for s in shifts), default=0)
-            # zero padding: an out-of-range neighbour reads key 0 and value 0
-            kp, vp = F.pad(kh, (0, 0, pad, pad)), F.pad(vh, (0, 0, pad, pad))
-            logits = [(qh * kp[:, pad + s : pad + s + n]).sum(-1) for s in shifts]  # each (B, n)
-            logits = torch.stack(logits, dim=-1) if shifts else qh.new_zeros(qh.shape[:2] + (0,))
+            shifts = tuple(s for o in head_offsets if o < n for s in ((o,) if o == 0 else (o, -o)))
+            qh = (q[:, h, prefix:] * q.shape[-1] ** -0.5).contiguous()  # (B, n, d) patch queries
+            kh, vh = k[:, h, prefix:].contiguous(), v[:, h, prefix:].contiguous()
+            logits = ShiftedDot.apply(qh, kh, shifts)  # (B, n, K): one column per diagonal
             target = positions[:, None] + torch.tensor(shifts, device=q.device, dtype=torch.long)
-            outside = (target < 0) | (target >= n)  # (n, K)
+            outside = (target < 0) | (target >= n)  # (n, K) neighbours beyond the sequence
             if prefix:
                 logits = torch.cat([logits, qh @ k[:, h, :prefix].transpose(-2, -1)], dim=-1)
                 outside = F.pad(outside, (0, prefix), value=False)
-            elif shifts:
-                # a row with no neighbour keeps one zero-padded slot: softmax weight 1 on value 0 -> output 0
-                outside[:, 0] &= ~outside.all(dim=-1)
-            else:
+            elif not shifts:
                 heads.append(torch.zeros_like(qh))
                 continue
+            else:
+                # a row with no neighbour keeps one out-of-range slot (logit 0, value 0): its output is 0
+                outside[:, 0] &= ~outside.all(dim=-1)
             attn = logits.masked_fill(outside, float("-inf")).softmax(dim=-1)  # (B, n, K [+ P])
-            out = sum(attn[..., j, None] * vp[:, pad + s : pad + s + n] for j, s in enumerate(shifts))
+            out = ShiftedSum.apply(attn[..., : len(shifts)].contiguous(), vh, shifts)
             if prefix:
                 out = out + attn[..., len(shifts) :] @ v[:, h, :prefix]
             heads.append(out)
@@ -260,3 +255,65 @@ class Fibottention(nn.Module):
             return patches
         prefix_rows = F.scaled_dot_product_attention(q[:, :, :prefix], k, v)  # CLS attends to every token
         return torch.cat([prefix_rows, patches], dim=2)
+
+
+def _overlap(n: int, shift: int) -> tuple[int, int]:
+    """Rows r with 0 <= r + shift < n."""
+    return max(0, -shift), min(n, n - shift)
+
+
+class ShiftedDot(torch.autograd.Function):
+    """``out[b, r, j] = <q[b, r], k[b, r + shifts[j]]>`` (0 where r + shift leaves the sequence).
+
+    Written out with its backward so that no (n, n) or (n, K, d) tensor is ever built and the gradients
+    accumulate in place, one diagonal at a time.
+    """
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, shifts: tuple[int, ...]) -> torch.Tensor:
+        ctx.save_for_backward(q, k)
+        ctx.shifts = shifts
+        B, n, _ = q.shape
+        out = q.new_zeros(B, n, len(shifts))
+        for j, s in enumerate(shifts):
+            r0, r1 = _overlap(n, s)
+            out[:, r0:r1, j] = (q[:, r0:r1] * k[:, r0 + s : r1 + s]).sum(-1)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        q, k = ctx.saved_tensors
+        dq, dk = torch.zeros_like(q), torch.zeros_like(k)
+        n = q.shape[1]
+        for j, s in enumerate(ctx.shifts):
+            r0, r1 = _overlap(n, s)
+            g = grad[:, r0:r1, j, None]
+            dq[:, r0:r1].addcmul_(g, k[:, r0 + s : r1 + s])
+            dk[:, r0 + s : r1 + s].addcmul_(g, q[:, r0:r1])
+        return dq, dk, None
+
+
+class ShiftedSum(torch.autograd.Function):
+    """``out[b, r] = sum_j p[b, r, j] * v[b, r + shifts[j]]`` (terms leaving the sequence are dropped)."""
+
+    @staticmethod
+    def forward(ctx, p: torch.Tensor, v: torch.Tensor, shifts: tuple[int, ...]) -> torch.Tensor:
+        ctx.save_for_backward(p, v)
+        ctx.shifts = shifts
+        out = torch.zeros_like(v)
+        n = v.shape[1]
+        for j, s in enumerate(shifts):
+            r0, r1 = _overlap(n, s)
+            out[:, r0:r1].addcmul_(p[:, r0:r1, j, None], v[:, r0 + s : r1 + s])
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        p, v = ctx.saved_tensors
+        dp, dv = torch.zeros_like(p), torch.zeros_like(v)
+        n = v.shape[1]
+        for j, s in enumerate(ctx.shifts):
+            r0, r1 = _overlap(n, s)
+            dp[:, r0:r1, j] = (grad[:, r0:r1] * v[:, r0 + s : r1 + s]).sum(-1)
+            dv[:, r0 + s : r1 + s].addcmul_(p[:, r0:r1, j, None], grad[:, r0:r1])
+        return dp, dv, None
