@@ -34,6 +34,8 @@ class BlockSpec:
     norm:  ``layernorm`` over channels, or ``groupnorm`` = GroupNorm(1, C) over tokens and channels.
     layer_scale: LayerScale init on each residual branch (PoolFormer 1e-5), or None.
     mlp:   False drops the feature MLP (the attention-only ablation).
+    mixer_norm: False feeds the mixer the raw residual stream, for mixers that normalise their own input
+           along another axis (the feed-forward-only model's token MLP has a LayerNorm over tokens).
     """
 
     style: str = "prenorm"
@@ -41,6 +43,7 @@ class BlockSpec:
     norm: str = "layernorm"
     layer_scale: float | None = None
     mlp: bool = True
+    mixer_norm: bool = True
 
     STYLES = ("prenorm", "single_residual", "postnorm")
     ORDERS = ("mixer_first", "mlp_first")
@@ -89,7 +92,7 @@ class Block(nn.Module):
         super().__init__()
         self.spec = spec
         norm = NORM_LAYERS[spec.norm]
-        self.norm1 = norm(dim)
+        self.norm1 = norm(dim) if spec.mixer_norm else nn.Identity()
         self.mixer = mixer
         self.ls1 = LayerScale(dim, spec.layer_scale) if spec.layer_scale else nn.Identity()
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
@@ -196,7 +199,7 @@ class VisionTransformer(nn.Module):
         self.pos_drop = nn.Dropout(drop_rate)
 
         plan = layer_plan(depth, mixer, block, schedule)
-        drop_paths = torch.linspace(0, drop_path_rate, depth).tolist()
+        drop_paths = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()  # cpu: also under meta
         self.blocks = nn.Sequential(
             *(
                 Block(
