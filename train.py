@@ -15,9 +15,10 @@ register_resolvers()
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
+    from mixerlab.sweep import run_job
     from mixerlab.training import train
 
-    summary = train(cfg)
+    summary = run_job(train, cfg)  # in a sweep: skip what completed, record a failure and go on
     return summary.get("top1")
 
 
