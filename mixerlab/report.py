@@ -47,6 +47,7 @@ class RunRecord:
     summary: dict = field(default_factory=dict)
     error: str | None = None
     attempts: int = 1
+    previous_errors: list[str] = field(default_factory=list)
     curves: list[dict] = field(default_factory=list)
 
     @property
@@ -136,7 +137,9 @@ def collect_runs(sweep_dirs: list[Path]) -> list[RunRecord]:
                 sweep=name, job=job["job"], choices=dict(job.get("choices") or {}),
                 status=str(job.get("status") or summary.get("status") or "pending"), run_dir=run_dir,
                 summary=summary, error=job.get("error") or summary.get("error"),
-                attempts=int(job.get("attempts") or 1), curves=read_curves(run_dir / "metrics.csv"))
+                attempts=int(job.get("attempts") or 1),
+                previous_errors=list(job.get("previous_errors") or []),
+                curves=read_curves(run_dir / "metrics.csv"))
     return list(records.values())
 
 
@@ -237,10 +240,15 @@ def curves_plot(runs: list[RunRecord]) -> str | None:
     import matplotlib.pyplot as plt
 
     colors = _mixer_colors(runs)
+    dashes = ["-", "--", ":", "-."]
     fig, (top1_ax, loss_ax) = plt.subplots(1, 2, figsize=(11, 4.0))
+    seen: dict[str, int] = {}
     for run in runs:
-        style = dict(color=colors[run.mixer], marker="o", markersize=3, linewidth=1.4,
-                     linestyle="-" if run.status == "completed" else "--", label=run.label)
+        nth = seen[run.mixer] = seen.get(run.mixer, -1) + 1  # runs of one mixer: one colour, other dashes
+        done = run.status == "completed"
+        style = dict(color=colors[run.mixer], marker="o" if done else "x", markersize=3 if done else 5,
+                     linewidth=1.4, linestyle=dashes[nth % len(dashes)], alpha=1.0 if done else 0.6,
+                     label=run.label + ("" if done else f" ({run.status})"))
         for ax, key in ((top1_ax, "val/top1"), (loss_ax, "train/loss")):
             rows = [(row["epoch"], row[key]) for row in run.curves if key in row and math.isfinite(row[key])]
             if rows:
@@ -369,8 +377,9 @@ class SweepReport:
             link = rel_link(run.config_path, out_dir)
             cells.append(f'<td><a href="{html.escape(link)}">config</a></td>' if link else "<td>—</td>")
             note = run.error or ""
-            if run.attempts > 1:
-                note = f"attempt {run.attempts}" + (f": {note}" if note else "")
+            if run.previous_errors:
+                earlier = "; ".join(e or "?" for e in run.previous_errors)
+                note = f"attempt {run.attempts} (before: {earlier})" + (f"; {note}" if note else "")
             cells.append(f'<td class="note" title="{html.escape(note)}">{html.escape(note[:200])}</td>')
             out.append(f'<tr class="{html.escape(run.status)}" data-run="{html.escape(run.job)}">'
                        + "".join(cells) + "</tr>")
@@ -414,7 +423,7 @@ class SweepReport:
                                   scatter_plot(self.runs, "flops", "forward FLOPs per image")),
                 "top1_vs_throughput": ("Top-1 against training throughput (one point per run).",
                                        scatter_plot(self.runs, "train_images_per_s", "train images / s")),
-                "training_curves": ("Validation top-1 and training loss per epoch (dashed: not completed).",
+                "training_curves": ("Validation top-1 and training loss per epoch (crosses: not completed).",
                                     curves_plot(self.runs)),
             }
         return {name: (caption, svg) for name, (caption, svg) in made.items() if svg}

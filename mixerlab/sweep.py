@@ -419,12 +419,26 @@ class SweepCallback(Callback):
               f"skipped; {statuses.count('incomplete') + statuses.count('interrupted')} to resume) "
               f"in {self.sweep_dir}", flush=True)
 
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._update_index(config, running=Path(config.hydra.runtime.output_dir).name)
+
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        self._update_index(config)
+
+    @staticmethod
+    def _update_index(config: DictConfig, running: str | None = None) -> None:
+        """Jobs' statuses as their directories show them; ``running``: the job starting now (a killed
+        sweep leaves it so in sweep.json; the next run and the report re-read it from its directory)."""
         sweep_dir = Path(str(OmegaConf.select(config, "hydra.sweep.dir"))).resolve()
+        index = SweepIndex(sweep_dir)
         try:
-            SweepIndex(sweep_dir).refresh()
+            state = index.scan()
+            for job in state["jobs"]:
+                if job["job"] == running and job["status"] != "completed":
+                    job["status"] = "running"
+            index.write(state)
         except OSError as error:  # the index is derived data: never fail a job over it
-            log.warning("could not update %s: %s", sweep_dir / INDEX_NAME, error)
+            log.warning("could not update %s: %s", index.path, error)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.sweep_dir is None:
