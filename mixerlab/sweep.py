@@ -130,7 +130,7 @@ class SweepPlan:
             varied.pop(key, None)
             if override.is_sweep_override() and not _SWEEP_KEYS.match(key):
                 varied[key] = None
-        keys = tuple(varied)
+        keys = tuple(sorted(varied))  # not the command's order: `seed=0,1 mixer=a,b` names jobs the same
         try:
             batches = BasicSweeper.split_arguments(parsed, max_batch_size=None)
             expanded = [job for batch in batches for job in batch]
