@@ -135,12 +135,21 @@ def wandb_logger(
 
 
 # ------------------------------------------------------------------------------------------ a run's loggers
-def log_run_config(loggers: list[Logger], cfg: DictConfig) -> None:
-    """Every logger gets the full resolved config (secrets redacted): in wandb it is what runs are compared
-    and grouped by (mixer, backbone, recipe, seed); in the CSV logger it lands in hparams.yaml."""
+def start_loggers(loggers: list[Logger], cfg: DictConfig) -> list[Logger]:
+    """Give every logger the full resolved config (secrets redacted): in wandb it is what runs are compared
+    and grouped by (mixer, backbone, recipe, seed); the CSV logger writes it to hparams.yaml. A logger that
+    cannot start (wandb's service fails, a full disk) is dropped with a warning instead of failing the run."""
     config = redacted_config(cfg)
+    started = []
     for logger in loggers:
-        logger.log_hyperparams(config)
+        try:
+            logger.log_hyperparams(config)
+            started.append(logger)
+        except Exception as error:
+            log.warning("logger %s could not start and is left out of this run: %s", type(logger).__name__,
+                        error)
+            print(f"WARNING: {type(logger).__name__} left out: {error}", flush=True)
+    return started
 
 
 def finish_loggers(loggers: list[Logger], failed: bool) -> None:

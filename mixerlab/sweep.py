@@ -144,6 +144,9 @@ class SweepPlan:
             # Order-free and blind to sweep.* keys: `mixer=a,b seed=0` and `seed=0 mixer=b,a` are one sweep.
             identity = sorted(sorted(o for o in job.overrides if not _SWEEP_KEYS.match(o)) for job in jobs)
             head = "+".join(keys) or "sweep"
+            presets = [o.value() for o in parsed if o.get_key_element().lstrip("+~") == "experiment"
+                       and not o.is_sweep_override() and o.value()]
+            head = f"{presets[-1]}.{head}" if presets else head  # e.g. deit_small.mixer-1a2b3c4d
             name = f"{head}-{_short_hash(json.dumps(identity or sorted(arguments)))}"
         return cls(name=_safe_name(name), varied=keys, overrides=tuple(arguments), jobs=jobs)
 

@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from mixerlab.build import build_backbone, build_datamodule, build_recipe, mixer_name
 from mixerlab.costs import count_flops, count_parameters, weights_sha256
-from mixerlab.loggers import finish_loggers, log_run_config
+from mixerlab.loggers import finish_loggers, start_loggers
 from mixerlab.run import RunDirectory, git_commit, peak_memory_mb
 
 log = logging.getLogger("mixerlab")
@@ -62,8 +62,7 @@ def train(cfg: DictConfig) -> dict:
     backbone = build_backbone(cfg)  # impossible configs fail here, before any data is read
     datamodule = build_datamodule(cfg)
     recipe = build_recipe(cfg, backbone)
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
-    log_run_config(loggers, cfg)
+    loggers = start_loggers([instantiate(c) for c in (cfg.get("logger") or {}).values() if c], cfg)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
 

@@ -33,6 +33,7 @@ def test_sweep_name_depends_on_the_overrides_not_their_order():
     assert {j.dirname for j in a.jobs} == {j.dirname for j in b.jobs}  # so are its job directories
     assert a.name != c.name  # another budget is another sweep
     assert a.name.startswith("mixer+seed-")
+    assert SweepPlan.from_overrides(["experiment=deit_small", "mixer=a,b"]).name.startswith("deit_small.mixer-")
     named = SweepPlan.from_overrides(["seed=0,1", "sweep.name=ablation"], name="ablation")
     assert named.name == "ablation"
 
