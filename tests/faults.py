@@ -1,6 +1,7 @@
 """Faults injected into real training runs from the command line, for the sweep tests.
 
-    +callbacks.fault._target_=tests.faults.InjectNonFinite +callbacks.fault.at_step=2 +callbacks.fault.only_in=...
+    +callbacks.fault._target_=tests.faults.InjectNonFinite +callbacks.fault.at_step=2 \
+    +callbacks.fault.only_in="'seed=1'"
 
 Both callbacks act only while the environment variable ``MIXERLAB_TEST_FAULTS`` is set, so a test can run
 the same sweep command again (same overrides, so the same sweep directory) without the fault.

@@ -24,7 +24,7 @@ def browser(tmp_path):
     from selenium.webdriver.chrome.service import Service
 
     if not shutil.which("chromium") or not shutil.which(CHROMEDRIVER):
-        pytest.fail("needs Debian's chromium and chromium-driver: apt-get install -y chromium chromium-driver")
+        pytest.fail("needs Debian's chromium and chromedriver: apt-get install -y chromium chromium-driver")
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium")
     for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}"):

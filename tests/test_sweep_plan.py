@@ -33,13 +33,15 @@ def test_sweep_name_depends_on_the_overrides_not_their_order():
     assert {j.dirname for j in a.jobs} == {j.dirname for j in b.jobs}  # so are its job directories
     assert a.name != c.name  # another budget is another sweep
     assert a.name.startswith("mixer+seed-")
-    assert SweepPlan.from_overrides(["experiment=deit_small", "mixer=a,b"]).name.startswith("deit_small.mixer-")
+    preset = SweepPlan.from_overrides(["experiment=deit_small", "mixer=a,b"])
+    assert preset.name.startswith("deit_small.mixer-")
     named = SweepPlan.from_overrides(["seed=0,1", "sweep.name=ablation"], name="ablation")
     assert named.name == "ablation"
 
 
 def test_jobs_expand_like_hydra_and_are_named_by_their_varied_choices():
-    plan = SweepPlan.from_overrides(["mixer=attention,pooling", "+callbacks.x.at=1,2", "trainer.max_epochs=3"])
+    plan = SweepPlan.from_overrides(["mixer=attention,pooling", "+callbacks.x.at=1,2",
+                                     "trainer.max_epochs=3"])
     assert plan.varied == ("callbacks.x.at", "mixer")
     assert [job.dirname for job in plan.jobs] == [  # Hydra's job order, keys in one canonical order
         "callbacks.x.at=1,mixer=attention", "callbacks.x.at=2,mixer=attention",
