@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mixerlab.sweep import SEED_KEY, SweepIndex, job_label, read_summary
+from mixerlab.sweep import SweepIndex, job_label, read_summary
 
 # (summary key, column title, decimals) of the numbers every run reports
 METRICS = (
@@ -216,7 +216,7 @@ def scatter_plot(runs: list[RunRecord], x_key: str, x_label: str) -> str | None:
         if mine:
             ax.scatter(*zip(*mine, strict=True), s=46, color=colors[mixer], label=mixer, zorder=3)
     for x, y, r in points:
-        others = job_label(r.choices, drop=(SEED_KEY, "mixer"))
+        others = ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in r.choices.items() if k != "mixer")
         text = r.mixer + (f" ({others})" if others else "")
         ax.annotate(text, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
     from matplotlib.ticker import EngFormatter

@@ -416,11 +416,12 @@ class SweepCallback(Callback):
                 attempt = set_aside_failed_attempt(self.sweep_dir / job["run_dir"])
                 print(f"job {job['job']} failed before ({job.get('error')}): its files are set aside in "
                       f"{attempt}; running it again", flush=True)
-        ours = {job.dirname for job in plan.jobs}
-        statuses = [job["status"] for job in index.refresh()["jobs"] if job["job"] in ours]
-        print(f"sweep {plan.name}: {len(plan.jobs)} jobs ({statuses.count('completed')} completed before: "
-              f"skipped; {statuses.count('incomplete') + statuses.count('interrupted')} to resume) "
-              f"in {self.sweep_dir}", flush=True)
+        ours = [job for job in index.refresh()["jobs"] if job["job"] in {j.dirname for j in plan.jobs}]
+        done = sum(job["status"] == "completed" for job in ours)
+        resume = sum((self.sweep_dir / job["run_dir"] / "checkpoints" / "last.ckpt").is_file()
+                     for job in ours if job["status"] in ("incomplete", "interrupted"))
+        print(f"sweep {plan.name}: {len(plan.jobs)} jobs, {done} completed before (skipped), "
+              f"{resume} resuming from a checkpoint, in {self.sweep_dir}", flush=True)
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._update_index(config, running=Path(config.hydra.runtime.output_dir).name)

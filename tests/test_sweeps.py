@@ -102,6 +102,7 @@ def test_nan_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoi
 
 def test_rerun_skips_completed_resumes_killed_and_reruns_failed(crashed_then_finished):
     sweep_dir, crashed, output = crashed_then_finished
+    assert "3 jobs, 1 completed before (skipped), 1 resuming from a checkpoint" in output
     assert "skipped (completed before): seed=0" in output
     assert _summary(sweep_dir / "seed=0") == crashed["seed0"]  # untouched
     assert "job seed=1 failed before" in output
