@@ -16,6 +16,7 @@ import logging
 import netrc
 import os
 import socket
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -168,4 +169,14 @@ def finish_loggers(loggers: list[Logger], failed: bool) -> None:
                 print(f"wandb: offline run saved in {run_dir}\n"
                       f"wandb: upload it later with: wandb sync {run_dir}", flush=True)
         except Exception as error:  # logging must never turn a finished run into a failed one
+            log.warning("wandb.finish failed: %s", error)
+
+
+def finish_stray_wandb_run() -> None:
+    """Finish a wandb run that a job left open (it failed before its loggers were closed)."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        try:
+            wandb.finish(exit_code=1)
+        except Exception as error:
             log.warning("wandb.finish failed: %s", error)

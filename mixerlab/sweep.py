@@ -180,14 +180,17 @@ def _as_list(overrides: Any) -> list[str]:
     return [str(o) for o in overrides or []]
 
 
-def sweep_name_resolver() -> str | None:
+def sweep_name_resolver(default: str | None = None) -> str | None:
     sweep = active_sweep()
-    return sweep["name"] if sweep else None
+    return sweep["name"] if sweep else default
 
 
 def sweep_job_resolver(overrides: Any) -> str:
-    sweep = active_sweep() or {"varied": []}
-    return job_dirname(_as_list(overrides), sweep["varied"])
+    """The job's directory: its varied choices; without the sweep callback's plan, all its overrides
+    (longer, but still one directory per job and the same one on a re-run)."""
+    overrides = _as_list(overrides)
+    sweep = active_sweep()
+    return job_dirname(overrides, sweep["varied"] if sweep else sorted({_key(o) for o in overrides}))
 
 
 def sweep_run_resolver(overrides: Any) -> str | None:
@@ -395,6 +398,10 @@ def run_job(train: Callable[[DictConfig], dict], cfg: DictConfig) -> dict:
             run.write_summary(summary)
             print(f"FAILED {run.path.name} | {summary['error']} | run: {run.path}", flush=True)
         return summary
+    finally:
+        from mixerlab.loggers import finish_stray_wandb_run
+
+        finish_stray_wandb_run()  # a run left open would swallow the next job's metrics
 
 
 # ---------------------------------------------------------------------------------------------- Hydra hooks
@@ -407,16 +414,26 @@ class SweepCallback(Callback):
         self.sweep_dir: Path | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # Hydra turns a callback's exception into a warning and goes on; a sweep that cannot be planned
+        # (or would reuse directories of other jobs) must not start, so this stops the process instead.
+        try:
+            self._start(config)
+        except Exception as error:
+            log.exception("cannot start the sweep")
+            raise SystemExit(f"cannot start the sweep: {error}") from error
+
+    def _start(self, config: DictConfig) -> None:
         plan = SweepPlan.from_config(config)
         plan.publish()  # before anything resolves hydra.sweep.dir, which names the sweep with it
         self.sweep_dir = Path(str(OmegaConf.select(config, "hydra.sweep.dir"))).resolve()
         index = SweepIndex(self.sweep_dir)
+        planned = {job.dirname for job in plan.jobs}
         for job in index.refresh(index.plan(plan))["jobs"]:
-            if job["status"] == "failed":
+            if job["status"] == "failed" and job["job"] in planned:  # not jobs of other commands
                 attempt = set_aside_failed_attempt(self.sweep_dir / job["run_dir"])
                 print(f"job {job['job']} failed before ({job.get('error')}): its files are set aside in "
                       f"{attempt}; running it again", flush=True)
-        ours = [job for job in index.refresh()["jobs"] if job["job"] in {j.dirname for j in plan.jobs}]
+        ours = [job for job in index.refresh()["jobs"] if job["job"] in planned]
         done = sum(job["status"] == "completed" for job in ours)
         resume = sum((self.sweep_dir / job["run_dir"] / "checkpoints" / "last.ckpt").is_file()
                      for job in ours if job["status"] in ("incomplete", "interrupted"))

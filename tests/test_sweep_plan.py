@@ -113,12 +113,15 @@ def test_a_named_sweep_refuses_jobs_whose_settings_changed(tmp_path):
 
 
 def test_resolvers_name_the_sweep_only_inside_one(monkeypatch):
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", None)  # as in the process that parses a multirun
     monkeypatch.delenv(ENV_VAR, raising=False)
     assert sweep_name_resolver() is None
     assert sweep_choice_resolver(["mixer=pooling", "seed=1"], "attention") == "attention"
     monkeypatch.setenv(ENV_VAR, json.dumps({"name": "abl", "varied": ["mixer", "seed"]}))
     assert sweep_name_resolver() == "abl"
     assert sweep_choice_resolver(["mixer=pooling", "seed=1", "trainer.max_epochs=1"]) == "mixer=pooling"
+    compose_config([])  # a single run in a shell where the variable lingers: still no sweep
+    assert sweep_name_resolver() is None and sweep_choice_resolver(["mixer=pooling"], "pooling") == "pooling"
 
 
 def test_secrets_never_reach_saved_configs_or_the_index():

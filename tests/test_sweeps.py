@@ -131,3 +131,15 @@ def test_report_shows_each_job_once_after_a_kill_and_rerun(crashed_then_finished
     assert all(page.count(f'data-run="seed={seed}"') == 1 for seed in range(3))
     md = (sweep_dir / "report.md").read_text()
     assert "| attention | " in md and "(n=3)" in md  # three seeds of one configuration: mean ± std
+
+
+def test_a_named_sweep_whose_jobs_changed_stops_before_running_anything(tmp_path):
+    sweep_dir = tmp_path / "runs" / "sweeps" / "abl"
+    sweep_dir.mkdir(parents=True)
+    (sweep_dir / "sweep.json").write_text(json.dumps({"name": "abl", "varied": ["seed"], "jobs": [
+        {"job": "seed=0", "run_dir": "seed=0", "overrides": ["seed=0", "trainer.max_epochs=1"]}]}))
+    proc = subprocess.run([sys.executable, str(REPO / "train.py"), "-m", "seed=0,1", "sweep.name=abl",
+                           "trainer.max_epochs=2"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "cannot start the sweep" in proc.stderr and "seed=0: was" in proc.stderr
+    assert sorted(p.name for p in sweep_dir.iterdir()) == ["sweep.json"]  # no job ran, nothing changed

@@ -23,8 +23,10 @@ SECRET = "wandb-test-key-5f1c0ffee0ddba11ad5eed0123456789abcdef0"
 def wandb_sweep(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("wandb")
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB")}
-    env.update(WANDB_API_KEY=SECRET, WANDB_CONFIG_DIR=str(cwd / "config"), WANDB_CACHE_DIR=str(cwd / "cache"),
-               WANDB_DATA_DIR=str(cwd / "data"), NETRC=str(cwd / "netrc"))
+    # A host that never resolves (RFC 6761): the no-network path, whatever network the machine has.
+    env.update(WANDB_API_KEY=SECRET, WANDB_BASE_URL="https://api.wandb.invalid", NETRC=str(cwd / "netrc"),
+               WANDB_CONFIG_DIR=str(cwd / "config"), WANDB_CACHE_DIR=str(cwd / "cache"),
+               WANDB_DATA_DIR=str(cwd / "data"))
     command = [sys.executable, str(REPO / "train.py"), "-m", "backbone.depth=1,2", "logger=[csv,wandb]",
                "logger.wandb.probe_timeout_s=1", "trainer.max_epochs=2", "+trainer.limit_train_batches=2",
                "+trainer.limit_val_batches=1", "callbacks.progress.refresh_rate=0"]
@@ -38,7 +40,7 @@ def wandb_sweep(tmp_path_factory):
 
 def test_without_network_wandb_goes_offline_and_says_how_to_sync(wandb_sweep):
     _, sweep, output, _ = wandb_sweep
-    assert output.count("wandb: offline mode (api.wandb.ai:443 not reachable within 1 s)") == 2
+    assert output.count("wandb: offline mode (api.wandb.invalid:443 not reachable within 1 s)") == 2
     for depth in (1, 2):
         (run,) = (sweep / f"backbone.depth={depth}" / "wandb").glob("offline-run-*")
         assert f"upload it later with: wandb sync {run}" in output
