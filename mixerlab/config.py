@@ -46,6 +46,9 @@ def default_precision(mode: str = "auto") -> str:
 
 
 def register_resolvers() -> None:
+    from mixerlab.sweep import register_sweep_resolvers
+
+    register_sweep_resolvers()
     for name, fn in (("run_id", run_id), ("run_name", run_name), ("precision", default_precision)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn, use_cache=True)

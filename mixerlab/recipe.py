@@ -22,6 +22,13 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from mixerlab.nonfinite import (
+    NAN_POLICIES,
+    NonFiniteError,
+    check_finite_weights,
+    loss_is_finite,
+    nonfinite_loss_message,
+)
 from mixers.contract import ConfigError
 
 
@@ -74,8 +81,11 @@ class Recipe(L.LightningModule):
         mixup: Mapping | None = None,
         ema_decay: float | None = None,
         clip_grad: float | None = None,
+        nan_policy: str = "stop",
     ) -> None:
         super().__init__()
+        if nan_policy not in NAN_POLICIES:
+            raise ConfigError(f"recipe.nan_policy={nan_policy!r}: use one of {', '.join(NAN_POLICIES)}")
         self.save_hyperparameters(ignore=["backbone"])
         self.backbone = backbone
         num_classes = backbone.num_classes
@@ -112,6 +122,7 @@ class Recipe(L.LightningModule):
         self._train_seconds: float | None = None
         self.history: list[dict] = []  # one row per epoch; kept in checkpoints
         self.first_step_at: float | None = None  # perf_counter at the first optimizer step (start-up)
+        self.skipped_steps = 0  # non-finite losses skipped under nan_policy=skip
 
     # ---------------------------------------------------------------- set-up
     def setup(self, stage: str) -> None:
@@ -173,6 +184,14 @@ class Recipe(L.LightningModule):
         if self.mixup_fn is not None:
             images, targets = self.mixup_fn(images, targets)
         loss = self.train_loss_fn(self(images), targets)
+        if not loss_is_finite(loss, self.trainer.strategy):
+            message = nonfinite_loss_message(loss, self.global_step, self.current_epoch, batch_idx,
+                                             self.hparams.nan_policy)
+            if self.hparams.nan_policy == "stop":
+                raise NonFiniteError(message)
+            self.skipped_steps += 1
+            print(message, flush=True)
+            return None  # Lightning skips backward and the update for this batch
         self.train_loss.update(loss.detach())
         self._epoch_images += images.shape[0]
         self.log("loss", loss.detach(), prog_bar=True, logger=False)
@@ -219,6 +238,7 @@ class Recipe(L.LightningModule):
             "train/loss": float(self.train_loss.compute()),
             "train/images_per_s": images_per_s,
             "lr": self.trainer.optimizers[0].param_groups[0]["lr"],
+            "train/skipped_steps": self.skipped_steps,
         }
         self.train_loss.reset()
         for key, value in self.trainer.callback_metrics.items():
@@ -229,7 +249,10 @@ class Recipe(L.LightningModule):
             logger.log_metrics(row, step=self.current_epoch)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        check_finite_weights(self.backbone, self.global_step)
         checkpoint["history"] = list(self.history)
+        checkpoint["skipped_steps"] = self.skipped_steps
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.history = list(checkpoint.get("history", []))
+        self.skipped_steps = int(checkpoint.get("skipped_steps", 0))

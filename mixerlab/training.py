@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 
 from mixerlab.build import build_backbone, build_datamodule, build_recipe, mixer_name
 from mixerlab.costs import count_flops, count_parameters, weights_sha256
+from mixerlab.loggers import finish_loggers, start_loggers
 from mixerlab.run import RunDirectory, git_commit, peak_memory_mb
 
 log = logging.getLogger("mixerlab")
@@ -50,8 +51,13 @@ def run_directory(cfg: DictConfig) -> RunDirectory:
     return RunDirectory(cfg.get("run_dir") or "runs/default/unnamed")
 
 
+_process_started_before = False  # jobs of a multirun share one process: only the first pays its start-up
+
+
 def train(cfg: DictConfig) -> dict:
-    t_start = time.perf_counter() - process_age_s()
+    global _process_started_before
+    t_start = time.perf_counter() - (0.0 if _process_started_before else process_age_s())
+    _process_started_before = True
     quiet_lightning()
     run = run_directory(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -59,7 +65,7 @@ def train(cfg: DictConfig) -> dict:
     backbone = build_backbone(cfg)  # impossible configs fail here, before any data is read
     datamodule = build_datamodule(cfg)
     recipe = build_recipe(cfg, backbone)
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    loggers = start_loggers([instantiate(c) for c in (cfg.get("logger") or {}).values() if c], cfg)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
 
@@ -89,6 +95,7 @@ def train(cfg: DictConfig) -> dict:
         if trainer.is_global_zero:
             run.write_summary(summary)
             print(f"FAILED {summary['mixer']} | {summary['error']} | run: {run.path}", flush=True)
+        finish_loggers(loggers, failed=True)
         raise
 
     history = recipe.history
@@ -122,6 +129,7 @@ def train(cfg: DictConfig) -> dict:
             f"{summary['wall_s']} s | run: {run.path}",
             flush=True,
         )
+    finish_loggers(loggers, failed=False)
     return summary
 
 
