@@ -36,7 +36,7 @@ def seed_all(seed: int) -> None:
 
 
 def rng_states() -> dict[str, Any]:
-    """This process's RNG states as tensors, ints and tuples, which ``torch.load(weights_only=True)`` reads."""
+    """This process's RNG states as tensors, ints and tuples (read by ``weights_only=True`` loading)."""
     _, key, pos, has_gauss, gauss = np.random.get_state()
     cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
     return {
