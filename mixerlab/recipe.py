@@ -183,7 +183,8 @@ class Recipe(L.LightningModule):
     def validation_step(self, batch, batch_idx: int) -> None:
         images, targets = batch
         logits = self(images)
-        self.val_loss.update(self.eval_loss_fn(logits, targets))
+        # weighted by batch size: a per-sample mean whatever the batching (devices, last partial batch)
+        self.val_loss.update(self.eval_loss_fn(logits, targets), weight=targets.shape[0])
         for metric in self.metrics.values():
             metric.update(logits, targets)
         if self.ema is not None:
