@@ -46,7 +46,8 @@ def torchrun_run(tmp_path_factory) -> Path:
     cwd = tmp_path_factory.mktemp("torchrun")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(REPO / "train.py"), "trainer=ddp", "data.global_batch=64", *RUN]
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600, env={**os.environ, **ENV})
+    env = {**os.environ, **ENV}
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-5000:]
     (run_dir,) = (cwd / "runs" / "default").iterdir()  # ONE directory for both ranks
     return run_dir
@@ -68,7 +69,8 @@ def test_two_processes_with_batch_b_match_one_process_with_batch_2b(torchrun_run
     single_dir = tmp_path / "single"
     _, single = run_train(single_dir, "data.batch_size=64", *RUN, env=ENV)
     ddp = json.loads((torchrun_run / "summary.json").read_text())
-    assert (single["global_batch"], single["lr"], single["steps"]) == (ddp["global_batch"], ddp["lr"], ddp["steps"])
+    for key in ("global_batch", "lr", "steps"):
+        assert single[key] == ddp[key], key
 
     for one, two in zip(history(single_dir), history(torchrun_run), strict=True):
         for key in ("train/loss", "val/loss", "val/top1", "lr"):
