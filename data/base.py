@@ -25,7 +25,8 @@ class ImageDataModule(L.LightningDataModule):
     trains the same recipe on 1 or 64 GPUs.
 
     The data order's position is part of every checkpoint (``state_dict``): a run resumed mid-epoch
-    continues with exactly the samples the uninterrupted run would have used next.
+    continues with exactly the samples the uninterrupted run would have used next. A subclass that builds
+    its own train loader must start it at ``resume_position`` too (see ``_resume_sampler``).
     """
 
     def __init__(
@@ -60,7 +61,7 @@ class ImageDataModule(L.LightningDataModule):
         self.repeated_aug = repeated_aug
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
-        self._resume: dict | None = None  # data-order position from a checkpoint, for the next train loader
+        self.resume_position: dict | None = None  # data-order position from a checkpoint, for the next train loader
 
     def resolve_batch_size(self, world_size: int, accumulation: int = 1) -> int:
         """Set the per-device batch from ``global_batch`` when given; returns the per-device batch."""
@@ -87,7 +88,7 @@ class ImageDataModule(L.LightningDataModule):
         return {"epoch": epoch, "batches": batches, "batch_size": self.batch_size, "world_size": world}
 
     def load_state_dict(self, state: dict) -> None:
-        self._resume = dict(state) if state else None
+        self.resume_position = dict(state) if state else None
 
     # -- distribution: this module deals its own data, so the Trainer runs with use_distributed_sampler=False
     def _rank_world(self) -> tuple[int, int]:
@@ -106,7 +107,7 @@ class ImageDataModule(L.LightningDataModule):
             world_size=world,
             repeats=self.repeated_aug if (train and world > 1) else 1,
         )
-        if train and self._resume:
+        if train and self.resume_position:
             self._resume_sampler(sampler, world)
         return DataLoader(
             dataset,
@@ -119,7 +120,7 @@ class ImageDataModule(L.LightningDataModule):
         )
 
     def _resume_sampler(self, sampler: EpochSampler, world: int) -> None:
-        state = self._resume
+        state = self.resume_position
         if state["batches"] and (state["world_size"], state["batch_size"]) != (world, self.batch_size):
             raise ConfigError(
                 f"this checkpoint stopped mid-epoch with {state['world_size']} processes x batch "

@@ -156,25 +156,27 @@ cmd_start() {
     log "up: $(sinfo -h -N -o '%N %t %c CPUs')"
 }
 
-stop_pid() {  # stop_pid NAME PIDFILE
-    local pidfile=$2
-    alive "$pidfile" || return 0
+stop_pids() {  # stop_pids PIDFILE...: SIGTERM all of them, wait, SIGKILL what is left after 10 s
+    local pidfile pids=()
+    for pidfile in "$@"; do alive "$pidfile" && pids+=("$(cat "$pidfile")"); done
+    [ ${#pids[@]} -eq 0 ] && return 0
+    kill "${pids[@]}" 2>/dev/null || true
     local pid
-    pid=$(cat "$pidfile")
-    kill "$pid" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.2; done
-    log "$1 ($pid) did not stop on SIGTERM: SIGKILL"
-    kill -9 "$pid" 2>/dev/null || true
+    for _ in $(seq 100); do
+        for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && break; pid=""; done
+        [ -z "$pid" ] && return 0
+        sleep 0.1
+    done
+    log "still running after SIGTERM: ${pids[*]}: SIGKILL"
+    kill -9 "${pids[@]}" 2>/dev/null || true
 }
 
 cmd_stop() {
     need_root
     if scontrol ping >/dev/null 2>&1; then squeue -h -o %i | xargs -r scancel || true; fi
-    stop_pid slurmd "$RUN/slurmd.pid"
-    stop_pid slurmctld "$RUN/slurmctld.pid"
-    stop_pid slurmdbd "$RUN/slurmdbd.pid"
-    stop_pid mariadbd /run/mysqld/mariadbd.pid
-    stop_pid munged /run/munge/munged.pid
+    # all at once (each takes ~2 s to exit cleanly); slurmctld keeps unsent accounting in its state
+    stop_pids "$RUN/slurmd.pid" "$RUN/slurmctld.pid" "$RUN/slurmdbd.pid" /run/mysqld/mariadbd.pid \
+        /run/munge/munged.pid
     log "stopped"
 }
 
