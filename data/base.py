@@ -60,8 +60,8 @@ class ImageDataModule(L.LightningDataModule):
         self.seed = seed
         self.repeated_aug = repeated_aug
         self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
         self.resume_position: dict | None = None  # data-order position from a checkpoint
-        self.resume_position: dict | None = None  # data-order position from a checkpoint, for the next train loader
 
     def resolve_batch_size(self, world_size: int, accumulation: int = 1) -> int:
         """Set the per-device batch from ``global_batch`` when given; returns the per-device batch."""
