@@ -100,6 +100,11 @@ def accounting_states(job: str) -> list[str]:
     return [line.split()[0] for line in out.splitlines() if line.strip()]
 
 
+def wait_for_accounting(job: str, states: list[str]) -> None:
+    """slurmctld sends job records to slurmdbd asynchronously: sacct may lag the job by a moment."""
+    wait_until(lambda: accounting_states(job) == states, 60, f"sacct to show {states} for job {job}")
+
+
 def checkpoint_step(run_dir: Path) -> int:
     return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
 
@@ -122,7 +127,7 @@ def test_the_sbatch_template_trains_with_two_tasks_to_completion(uninterrupted_j
     assert summary["status"] == "completed" and summary["steps"] == 44
     assert (summary["world_size"], summary["per_device_batch"], summary["global_batch"]) == (2, 32, 64)
     assert summary["run_dir"] == str(run_dir)
-    assert accounting_states(job) == ["COMPLETED"]
+    wait_for_accounting(job, ["COMPLETED"])
     assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in log.read_text()
 
 
@@ -139,7 +144,7 @@ def test_a_job_requeued_with_scontrol_resumes_to_the_same_weights(uninterrupted_
 
     assert wait_done(job, log) == "COMPLETED", log.read_text()[-4000:]
     assert job_field(job, "Restarts") == "1"
-    assert accounting_states(job) == ["REQUEUED", "COMPLETED"]
+    wait_for_accounting(job, ["REQUEUED", "COMPLETED"])
     assert "resuming from" in log.read_text()
     assert summary_of(run_dir)["weights_sha256"] == summary_of(reference_dir)["weights_sha256"]
 
@@ -161,7 +166,7 @@ def test_a_job_signalled_with_sigusr1_checkpoints_requeues_itself_and_resumes_to
     saved = re.search(r"checkpointed at step (\d+) and requeued", text)
     assert saved and int(saved.group(1)) < 44, text[-4000:]
     assert f"requeued SLURM job {job} at step {saved.group(1)}" in text
-    assert accounting_states(job) == ["REQUEUED", "COMPLETED"]
+    wait_for_accounting(job, ["REQUEUED", "COMPLETED"])
     assert summary_of(run_dir)["weights_sha256"] == summary_of(reference_dir)["weights_sha256"]
 
 
@@ -184,7 +189,7 @@ def test_a_sweep_through_the_hydra_launcher_runs_as_one_job_array(slurm_cluster,
     assert len(array_ids) == 1 and [j.split("_")[1] for j in jobs] == ["0", "1"], jobs
     (array,) = array_ids
     # submitit returns once both results are written; the tasks may still be finishing in SLURM
-    wait_until(lambda: accounting_states(array) == ["COMPLETED", "COMPLETED"], 60, f"array {array} in sacct")
+    wait_for_accounting(array, ["COMPLETED", "COMPLETED"])
     assert {s["run_dir"] for s in summaries} == {
         str(p.parent) for p in sweep_dir.rglob("summary.json")
     }
