@@ -197,9 +197,12 @@ class Recipe(L.LightningModule):
         self.log("loss", loss.detach(), prog_bar=True, logger=False)
         return loss
 
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # EMA follows each optimizer step here, not in on_train_batch_end: callbacks (checkpoints) run
+        # before that hook, and a checkpoint must hold the EMA of the weights it holds.
         if self.ema is not None:
-            self.ema.update(self.backbone, step=self.global_step)
+            self.ema.update(self.backbone, step=self.global_step + 1)  # this step counted
 
     # ---------------------------------------------------------------- evaluation
     def on_validation_epoch_start(self) -> None:
@@ -209,7 +212,8 @@ class Recipe(L.LightningModule):
     def validation_step(self, batch, batch_idx: int) -> None:
         images, targets = batch
         logits = self(images)
-        self.val_loss.update(self.eval_loss_fn(logits, targets))
+        # weighted by batch size: a per-sample mean whatever the batching (devices, last partial batch)
+        self.val_loss.update(self.eval_loss_fn(logits, targets), weight=targets.shape[0])
         for metric in self.metrics.values():
             metric.update(logits, targets)
         if self.ema is not None:
@@ -252,7 +256,19 @@ class Recipe(L.LightningModule):
         check_finite_weights(self.backbone, self.global_step)
         checkpoint["history"] = list(self.history)
         checkpoint["skipped_steps"] = self.skipped_steps
+        # the epoch's running train loss is per rank: keep every rank's, so a run resumed mid-epoch
+        # reports the same epoch mean (all ranks are in here; all_gather stacks them on a new first dim)
+        states = self.train_loss.metric_state
+        if self.trainer.world_size > 1:
+            checkpoint["train_loss_per_rank"] = {k: self.all_gather(v).cpu() for k, v in states.items()}
+        else:
+            checkpoint["train_loss_per_rank"] = {k: v.detach().cpu()[None] for k, v in states.items()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.history = list(checkpoint.get("history", []))
         self.skipped_steps = int(checkpoint.get("skipped_steps", 0))
+        states = checkpoint.get("train_loss_per_rank") or {}
+        rank = self.trainer.global_rank if self._trainer is not None else 0
+        for name, per_rank in states.items():
+            if rank < len(per_rank):
+                setattr(self.train_loss, name, per_rank[rank].to(self.device))
