@@ -355,7 +355,8 @@ class SweepReport:
         counts: dict[str, int] = {}
         for run in self.runs:
             counts[run.status] = counts.get(run.status, 0) + 1
-        return f"{len(self.runs)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        runs = f"{len(self.runs)} run" + ("" if len(self.runs) == 1 else "s")
+        return f"{runs}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
 
     # ------------------------------------------------------------------ html
     def _runs_table(self, out_dir: Path) -> str:
