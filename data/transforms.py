@@ -48,7 +48,11 @@ def train_transform(img_size: int, mean: Sequence[float], std: Sequence[float], 
 
 
 def eval_transform(
-    img_size: int, mean: Sequence[float], std: Sequence[float], crop_pct: float, interpolation: str = "bicubic"
+    img_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    crop_pct: float,
+    interpolation: str = "bicubic",
 ):
     """Resize the short side to ``img_size / crop_pct``, then centre-crop ``img_size`` (DeiT: 0.875)."""
     return create_transform(

@@ -140,7 +140,9 @@ def layer_plan(
         segment = dict(segment)
         unknown = set(segment) - {"layers", "mixer", "block"}
         if unknown:
-            raise ConfigError(f"{key} has unknown keys {sorted(unknown)}; a segment takes layers, mixer, block")
+            raise ConfigError(
+                f"{key} has unknown keys {sorted(unknown)}; a segment takes layers, mixer, block"
+            )
         n = segment.get("layers")
         if not isinstance(n, int) or n < 1:
             raise ConfigError(f"{key}.layers={n!r} must be a positive integer")
@@ -194,7 +196,9 @@ class VisionTransformer(nn.Module):
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if head == "cls" else None
         self.pos_embed = (
-            nn.Parameter(torch.zeros(1, self.layout.num_tokens, embed_dim)) if pos_embed == "learned" else None
+            nn.Parameter(torch.zeros(1, self.layout.num_tokens, embed_dim))
+            if pos_embed == "learned"
+            else None
         )
         self.pos_drop = nn.Dropout(drop_rate)
 

@@ -20,8 +20,17 @@ def attention_factory(num_heads=2):
 
 @pytest.mark.parametrize("head, tokens", [("cls", 17), ("gap", 16)])
 def test_both_heads_give_logits_and_the_right_token_layout(head, tokens):
-    model = VisionTransformer(attention_factory(), img_size=16, patch_size=4, in_chans=1, num_classes=10,
-                              embed_dim=32, depth=2, num_heads=2, head=head)
+    model = VisionTransformer(
+        attention_factory(),
+        img_size=16,
+        patch_size=4,
+        in_chans=1,
+        num_classes=10,
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        head=head,
+    )
     assert model.layout.num_tokens == tokens
     assert model.layout == TokenLayout(grid=(4, 4), num_prefix=1 if head == "cls" else 0)
     assert model.forward_features(torch.randn(3, 1, 16, 16)).shape == (3, tokens, 32)
@@ -42,8 +51,9 @@ def test_deit_tiny_flops_match_the_reference_within_3_percent():
 
 
 def test_wrong_input_size_names_the_config_key():
-    model = VisionTransformer(attention_factory(), img_size=16, patch_size=4, in_chans=1, embed_dim=32, depth=1,
-                              num_heads=2)
+    model = VisionTransformer(
+        attention_factory(), img_size=16, patch_size=4, in_chans=1, embed_dim=32, depth=1, num_heads=2
+    )
     with pytest.raises(ValueError, match="data.img_size"):
         model(torch.randn(1, 1, 32, 32))
 
@@ -60,7 +70,13 @@ def test_mlp_false_drops_the_feature_mlp():
 def test_schedule_puts_a_different_mixer_and_block_in_the_first_layers():
     marker = lambda **kw: torch.nn.Identity()  # noqa: E731
     model = VisionTransformer(
-        attention_factory(), img_size=16, patch_size=4, in_chans=1, embed_dim=32, depth=4, num_heads=2,
+        attention_factory(),
+        img_size=16,
+        patch_size=4,
+        in_chans=1,
+        embed_dim=32,
+        depth=4,
+        num_heads=2,
         schedule=[{"layers": 3, "mixer": marker, "block": {"style": "single_residual"}}],
     )
     kinds = [type(b.mixer).__name__ for b in model.blocks]
@@ -70,8 +86,16 @@ def test_schedule_puts_a_different_mixer_and_block_in_the_first_layers():
 
 
 def test_drop_path_rises_linearly_over_depth():
-    model = VisionTransformer(attention_factory(), img_size=16, patch_size=4, in_chans=1, embed_dim=32, depth=5,
-                              num_heads=2, drop_path_rate=0.2)
+    model = VisionTransformer(
+        attention_factory(),
+        img_size=16,
+        patch_size=4,
+        in_chans=1,
+        embed_dim=32,
+        depth=5,
+        num_heads=2,
+        drop_path_rate=0.2,
+    )
     rates = [getattr(b.drop_path, "drop_prob", 0.0) for b in model.blocks]
     assert rates == pytest.approx([0.0, 0.05, 0.1, 0.15, 0.2])
 

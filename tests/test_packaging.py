@@ -1,4 +1,4 @@
-"""The repo is used from its root: installing it must not put bare `data`/`mixers` packages in site-packages."""
+"""The repo is used from its root: installing it puts no bare `data`/`mixers` package in site-packages."""
 
 from __future__ import annotations
 

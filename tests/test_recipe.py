@@ -11,8 +11,17 @@ from mixers.attention import Attention
 
 
 def tiny_vit(**kw):
-    return VisionTransformer(lambda **k: Attention(num_heads=2, **k), img_size=16, patch_size=4, in_chans=1,
-                             num_classes=10, embed_dim=32, depth=2, num_heads=2, **kw)
+    return VisionTransformer(
+        lambda **k: Attention(num_heads=2, **k),
+        img_size=16,
+        patch_size=4,
+        in_chans=1,
+        num_classes=10,
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        **kw,
+    )
 
 
 def test_global_batch_counts_devices_nodes_and_accumulation():
@@ -51,13 +60,17 @@ def test_no_weight_decay_groups_hold_exactly_1d_params_pos_embed_and_cls():
     expected = {n for n, p in model.named_parameters() if p.ndim <= 1} | {"pos_embed", "cls_token"}
     assert no_decay == expected
     assert decay == {n for n, _ in model.named_parameters()} - expected
-    assert all(g["weight_decay"] == 0.05 for g in groups if g["params"] and by_id[id(g["params"][0])] in decay)
+    assert all(
+        g["weight_decay"] == 0.05 for g in groups if g["params"] and by_id[id(g["params"][0])] in decay
+    )
 
 
 def test_mixup_switches_the_loss_to_soft_targets_with_label_smoothing():
     from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
-    mixed = Recipe(tiny_vit(), mixup={"mixup_alpha": 0.8, "cutmix_alpha": 1.0, "prob": 1.0, "switch_prob": 0.5})
+    mixed = Recipe(
+        tiny_vit(), mixup={"mixup_alpha": 0.8, "cutmix_alpha": 1.0, "prob": 1.0, "switch_prob": 0.5}
+    )
     assert isinstance(mixed.train_loss_fn, SoftTargetCrossEntropy)
     assert mixed.mixup_fn.label_smoothing == 0.1 and mixed.mixup_fn.switch_prob == 0.5
     plain = Recipe(tiny_vit(), mixup={"prob": 0.0})

@@ -13,8 +13,24 @@ import yaml
 from tests.conftest import REPO
 
 SUMMARY_KEYS = {
-    "status", "top1", "top5", "best_top1", "params", "flops", "train_images_per_s", "peak_memory_mb", "wall_s",
-    "epochs", "mixer", "backbone", "data", "seed", "git_commit", "weights_sha256", "world_size", "global_batch",
+    "status",
+    "top1",
+    "top5",
+    "best_top1",
+    "params",
+    "flops",
+    "train_images_per_s",
+    "peak_memory_mb",
+    "wall_s",
+    "epochs",
+    "mixer",
+    "backbone",
+    "data",
+    "seed",
+    "git_commit",
+    "weights_sha256",
+    "world_size",
+    "global_batch",
 }
 
 
@@ -29,7 +45,9 @@ def test_default_training_beats_chance_and_writes_a_complete_run_directory(train
     assert (summary["mixer"], summary["backbone"], summary["data"]) == ("attention", "vit_micro", "digits")
     run_dir = summary["run_dir"]
     config = yaml.safe_load(open(f"{run_dir}/config.yaml"))
-    assert config["mixer"]["_target_"] == "mixers.attention.Attention" and config["trainer"]["max_epochs"] == 5
+    assert (
+        config["mixer"]["_target_"] == "mixers.attention.Attention" and config["trainer"]["max_epochs"] == 5
+    )
     rows = list(csv.DictReader(open(f"{run_dir}/metrics.csv")))
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3, 4]
     assert {"train/loss", "val/top1", "val/top5", "lr", "train/images_per_s"} <= rows[0].keys()
@@ -59,8 +77,13 @@ def test_accumulation_scales_global_batch_and_lr(train_run):
     ],
 )
 def test_impossible_configs_fail_before_any_data_is_loaded(tmp_path, overrides, named):
-    proc = subprocess.run([sys.executable, "train.py", f"hydra.run.dir={tmp_path}", *overrides], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "train.py", f"hydra.run.dir={tmp_path}", *overrides],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode != 0
     for text in named:
         assert text in proc.stderr, proc.stderr[-2000:]
@@ -69,16 +92,33 @@ def test_impossible_configs_fail_before_any_data_is_loaded(tmp_path, overrides, 
 
 
 def test_unknown_group_option_lists_the_valid_ones(tmp_path):
-    proc = subprocess.run([sys.executable, "train.py", f"hydra.run.dir={tmp_path}", "backbone=vit_huge"], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "train.py", f"hydra.run.dir={tmp_path}", "backbone=vit_huge"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode != 0
     assert "vit_huge" in proc.stderr and "vit_tiny" in proc.stderr and "vit_small" in proc.stderr
 
 
 def test_model_info_prints_size_and_cost_without_data():
-    proc = subprocess.run([sys.executable, "scripts/model_info.py", "backbone=vit_tiny", "data.img_size=224",
-                           "data.num_classes=1000", "data.in_chans=3"], cwd=REPO, capture_output=True, text=True,
-                          timeout=300, check=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "scripts/model_info.py",
+            "backbone=vit_tiny",
+            "data.img_size=224",
+            "data.num_classes=1000",
+            "data.in_chans=3",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
     info = json.loads(proc.stdout.strip().splitlines()[-1])
     assert info["params"] == 5_717_416 and info["tokens"] == 197
     assert info["mixer"] == "attention" and info["backbone"] == "vit_tiny"
