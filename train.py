@@ -15,10 +15,16 @@ register_resolvers()
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
-    from mixerlab.training import train
+    from mixerlab.sweep import run_job
 
-    summary = train(cfg)
+    summary = run_job(train, cfg)  # in a sweep: skip what completed, record a failure and go on
     return summary.get("top1")
+
+
+def train(cfg: DictConfig) -> dict:
+    from mixerlab.training import train as train_run  # imported here: a failing import fails the job alone
+
+    return train_run(cfg)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from data.sampling import EpochSampler
+from mixers.contract import ConfigError
 
 
 class ImageDataModule(L.LightningDataModule):
@@ -18,6 +19,14 @@ class ImageDataModule(L.LightningDataModule):
     ``(index, seed)``, see :mod:`data.sampling`) and may override ``on_after_batch_transfer`` for
     augmentation that runs on the device (FFCV). The backbone reads ``img_size``, ``in_chans`` and
     ``num_classes`` from the same config node, so model and data always agree.
+
+    ``batch_size`` is per device. ``global_batch`` (optional) fixes the batch the optimizer sees instead:
+    the per-device batch becomes ``global_batch / (devices x nodes x accumulation)``, so the same config
+    trains the same recipe on 1 or 64 GPUs.
+
+    The data order's position is part of every checkpoint (``state_dict``): a run resumed mid-epoch
+    continues with exactly the samples the uninterrupted run would have used next. A subclass that builds
+    its own train loader must start it at ``resume_position`` too (see ``_resume_sampler``).
     """
 
     def __init__(
@@ -34,6 +43,7 @@ class ImageDataModule(L.LightningDataModule):
         seed: int = 0,
         repeated_aug: int = 1,
         eval_batch_size: int | None = None,
+        global_batch: int | None = None,
     ) -> None:
         super().__init__()
         self.img_size = img_size
@@ -41,6 +51,7 @@ class ImageDataModule(L.LightningDataModule):
         self.num_classes = num_classes
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
+        self.global_batch = global_batch
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
@@ -50,6 +61,34 @@ class ImageDataModule(L.LightningDataModule):
         self.repeated_aug = repeated_aug
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
+        self.resume_position: dict | None = None  # data-order position from a checkpoint
+
+    def resolve_batch_size(self, world_size: int, accumulation: int = 1) -> int:
+        """Set the per-device batch from ``global_batch`` when given; returns the per-device batch."""
+        if self.global_batch:
+            replicas = world_size * accumulation
+            if self.global_batch % replicas:
+                raise ConfigError(
+                    f"data.global_batch={self.global_batch} is not divisible by devices x nodes x "
+                    f"accumulate_grad_batches = {replicas}: choose a multiple of {replicas}"
+                )
+            self.batch_size = self.global_batch // replicas
+        return self.batch_size
+
+    # -- exact resume: where in the data order the run is
+    def state_dict(self) -> dict:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return {}
+        epoch = trainer.current_epoch
+        batches = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        if batches >= trainer.num_training_batches:  # saved at an epoch's end: the next epoch starts afresh
+            epoch, batches = epoch + 1, 0
+        rank, world = self._rank_world()
+        return {"epoch": epoch, "batches": batches, "batch_size": self.batch_size, "world_size": world}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.resume_position = dict(state) if state else None
 
     # -- distribution: this module deals its own data, so the Trainer runs with use_distributed_sampler=False
     def _rank_world(self) -> tuple[int, int]:
@@ -68,6 +107,8 @@ class ImageDataModule(L.LightningDataModule):
             world_size=world,
             repeats=self.repeated_aug if (train and world > 1) else 1,
         )
+        if train and self.resume_position:
+            self._resume_sampler(sampler, world)
         return DataLoader(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
@@ -77,6 +118,16 @@ class ImageDataModule(L.LightningDataModule):
             persistent_workers=self.persistent_workers,
             drop_last=train,
         )
+
+    def _resume_sampler(self, sampler: EpochSampler, world: int) -> None:
+        state = self.resume_position
+        if state["batches"] and (state["world_size"], state["batch_size"]) != (world, self.batch_size):
+            raise ConfigError(
+                f"this checkpoint stopped mid-epoch with {state['world_size']} processes x batch "
+                f"{state['batch_size']}; resume it with the same devices, nodes and data.batch_size "
+                f"(now {world} x {self.batch_size}), or from an epoch-end checkpoint"
+            )
+        sampler.resume_at(state["epoch"], state["batches"] * self.batch_size)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, train=True)

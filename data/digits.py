@@ -18,9 +18,9 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 from data.base import ImageDataModule
-from mixers.contract import ConfigError
 from data.sampling import SeededTransformDataset
 from data.transforms import AugmentConfig, eval_transform, train_transform
+from mixers.contract import ConfigError
 
 VAL_FRACTION = 0.2
 SPLIT_SEED = 0
@@ -70,7 +70,8 @@ class DigitsDataModule(ImageDataModule):
     ) -> None:
         if (in_chans, num_classes) != (1, 10):
             raise ConfigError(
-                f"data.in_chans={in_chans}, data.num_classes={num_classes}: the digits are 1-channel, 10 classes"
+                f"data.in_chans={in_chans}, data.num_classes={num_classes}: "
+                "the digits are 1-channel with 10 classes"
             )
         super().__init__(
             img_size=img_size, in_chans=1, num_classes=10, batch_size=batch_size, mean=mean, std=std, **kwargs

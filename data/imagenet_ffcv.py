@@ -50,7 +50,7 @@ log = logging.getLogger("mixerlab")
 
 FFCV_INSTALL = (
     "apt-get install -y pkg-config libturbojpeg0-dev libopencv-dev && "
-    "pip install 'ffcv==1.0.2' opencv-python-headless numba   (or: pip install -e '.[ffcv]')"
+    "pip install 'ffcv==1.0.2'   (from the repository: make setup, or pip install -e '.[ffcv]')"
 )
 ORDERS = ("auto", "random", "quasi_random", "sequential")
 

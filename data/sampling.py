@@ -32,6 +32,9 @@ class EpochSampler(Sampler):
     ``repeats > 1`` is repeated augmentation (DeiT): each drawn index appears ``repeats`` times in a row
     with different seeds, so its copies land on different ranks; each rank still takes
     ``ceil(len(dataset) / world_size)`` samples per epoch.
+
+    :meth:`resume_at` makes the next pass over a given epoch start part-way, for a run resumed from a
+    mid-epoch checkpoint: the rest of that epoch is dealt exactly as the uninterrupted run deals it.
     """
 
     def __init__(
@@ -51,9 +54,18 @@ class EpochSampler(Sampler):
         self.repeats = repeats
         self.epoch = 0
         self.per_rank = -(-num_samples // world_size)
+        self._resume: tuple[int, int] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def resume_at(self, epoch: int, position: int) -> None:
+        """Iterating over ``epoch`` skips this rank's first ``position`` samples (those already trained on).
+
+        Sets the epoch too: Lightning may create the resumed epoch's iterator before it calls ``set_epoch``.
+        """
+        self.epoch = epoch
+        self._resume = (epoch, position)
 
     def order(self) -> list[tuple[int, int]]:
         """The whole epoch as (index, seed) pairs, in the order all ranks together consume it."""
@@ -71,10 +83,13 @@ class EpochSampler(Sampler):
         return (pairs * -(-total // len(pairs)))[:total] if pairs else pairs
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        return iter(self.order()[self.rank :: self.world_size])
+        mine = self.order()[self.rank :: self.world_size]
+        if self._resume is not None and self._resume[0] == self.epoch:
+            mine = mine[self._resume[1] :]
+        return iter(mine)
 
     def __len__(self) -> int:
-        return self.per_rank
+        return self.per_rank  # a whole epoch, also when resuming: the loop counts on from where it was
 
 
 class SeededTransformDataset(Dataset):

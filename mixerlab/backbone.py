@@ -34,6 +34,8 @@ class BlockSpec:
     norm:  ``layernorm`` over channels, or ``groupnorm`` = GroupNorm(1, C) over tokens and channels.
     layer_scale: LayerScale init on each residual branch (PoolFormer 1e-5), or None.
     mlp:   False drops the feature MLP (the attention-only ablation).
+    mixer_norm: False feeds the mixer the raw residual stream, for mixers that normalise their own input
+           along another axis (the feed-forward-only model's token MLP has a LayerNorm over tokens).
     """
 
     style: str = "prenorm"
@@ -41,6 +43,7 @@ class BlockSpec:
     norm: str = "layernorm"
     layer_scale: float | None = None
     mlp: bool = True
+    mixer_norm: bool = True
 
     STYLES = ("prenorm", "single_residual", "postnorm")
     ORDERS = ("mixer_first", "mlp_first")
@@ -89,7 +92,7 @@ class Block(nn.Module):
         super().__init__()
         self.spec = spec
         norm = NORM_LAYERS[spec.norm]
-        self.norm1 = norm(dim)
+        self.norm1 = norm(dim) if spec.mixer_norm else nn.Identity()
         self.mixer = mixer
         self.ls1 = LayerScale(dim, spec.layer_scale) if spec.layer_scale else nn.Identity()
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
@@ -137,7 +140,9 @@ def layer_plan(
         segment = dict(segment)
         unknown = set(segment) - {"layers", "mixer", "block"}
         if unknown:
-            raise ConfigError(f"{key} has unknown keys {sorted(unknown)}; a segment takes layers, mixer, block")
+            raise ConfigError(
+                f"{key} has unknown keys {sorted(unknown)}; a segment takes layers, mixer, block"
+            )
         n = segment.get("layers")
         if not isinstance(n, int) or n < 1:
             raise ConfigError(f"{key}.layers={n!r} must be a positive integer")
@@ -191,12 +196,14 @@ class VisionTransformer(nn.Module):
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if head == "cls" else None
         self.pos_embed = (
-            nn.Parameter(torch.zeros(1, self.layout.num_tokens, embed_dim)) if pos_embed == "learned" else None
+            nn.Parameter(torch.zeros(1, self.layout.num_tokens, embed_dim))
+            if pos_embed == "learned"
+            else None
         )
         self.pos_drop = nn.Dropout(drop_rate)
 
         plan = layer_plan(depth, mixer, block, schedule)
-        drop_paths = torch.linspace(0, drop_path_rate, depth).tolist()
+        drop_paths = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()  # cpu: also under meta
         self.blocks = nn.Sequential(
             *(
                 Block(

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import lightning as L
 from pathlib import Path
 
+import lightning as L
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate

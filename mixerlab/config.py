@@ -32,6 +32,18 @@ def run_id() -> str:
     return time.strftime("%Y-%m-%d_%H-%M-%S") + "_" + secrets.token_hex(2)
 
 
+def process_rank() -> int:
+    """This process's global rank as the launcher set it (torchrun: RANK, srun: SLURM_PROCID), before any
+    process group exists."""
+    env = os.environ
+    return int(env.get("RANK") or env.get("SLURM_PROCID") or 0)
+
+
+def if_rank_zero(value, otherwise=None):
+    """``value`` in the rank-0 process, ``otherwise`` in the others (so only rank 0 writes shared files)."""
+    return value if process_rank() == 0 else otherwise
+
+
 def run_name(experiment: str | None) -> str:
     return "default" if experiment in (None, "", "None", "null") else str(experiment)
 
@@ -46,6 +58,11 @@ def default_precision(mode: str = "auto") -> str:
 
 
 def register_resolvers() -> None:
-    for name, fn in (("run_id", run_id), ("run_name", run_name), ("precision", default_precision)):
+    from mixerlab.sweep import register_sweep_resolvers
+
+    register_sweep_resolvers()
+    resolvers = (("run_id", run_id), ("run_name", run_name), ("precision", default_precision),
+                 ("if_rank_zero", if_rank_zero))
+    for name, fn in resolvers:
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn, use_cache=True)

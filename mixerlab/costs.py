@@ -37,7 +37,12 @@ def count_flops(model: nn.Module, img_size: int, in_chans: int) -> dict:
         if callable(extra):
             analytic += int(extra())
             sources.add(type(module).__name__)
-    return {"flops": counted + analytic, "counted": counted, "analytic": analytic, "analytic_from": sorted(sources)}
+    return {
+        "flops": counted + analytic,
+        "counted": counted,
+        "analytic": analytic,
+        "analytic_from": sorted(sources),
+    }
 
 
 def weights_sha256(model: nn.Module) -> str:

@@ -22,7 +22,19 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from mixerlab.nonfinite import (
+    NAN_POLICIES,
+    NonFiniteError,
+    check_finite_weights,
+    loss_is_finite,
+    nonfinite_loss_message,
+)
 from mixers.contract import ConfigError
+
+
+def global_batch_size(per_device: int, world_size: int, accumulation: int) -> int:
+    """Samples per optimizer step across every device: per-device x devices x nodes x accumulation."""
+    return per_device * world_size * accumulation
 
 
 def scaled_lr(base_lr: float, global_batch: int, lr_batch_base: int) -> float:
@@ -69,8 +81,11 @@ class Recipe(L.LightningModule):
         mixup: Mapping | None = None,
         ema_decay: float | None = None,
         clip_grad: float | None = None,
+        nan_policy: str = "stop",
     ) -> None:
         super().__init__()
+        if nan_policy not in NAN_POLICIES:
+            raise ConfigError(f"recipe.nan_policy={nan_policy!r}: use one of {', '.join(NAN_POLICIES)}")
         self.save_hyperparameters(ignore=["backbone"])
         self.backbone = backbone
         num_classes = backbone.num_classes
@@ -107,6 +122,7 @@ class Recipe(L.LightningModule):
         self._train_seconds: float | None = None
         self.history: list[dict] = []  # one row per epoch; kept in checkpoints
         self.first_step_at: float | None = None  # perf_counter at the first optimizer step (start-up)
+        self.skipped_steps = 0  # non-finite losses skipped under nan_policy=skip
 
     # ---------------------------------------------------------------- set-up
     def setup(self, stage: str) -> None:
@@ -114,15 +130,16 @@ class Recipe(L.LightningModule):
             return
         trainer = self.trainer
         batch = trainer.datamodule.batch_size
-        self.global_batch = batch * trainer.world_size * trainer.accumulate_grad_batches
+        self.global_batch = global_batch_size(batch, trainer.world_size, trainer.accumulate_grad_batches)
         hp = self.hparams
         self.peak_lr = scaled_lr(hp.lr, self.global_batch, hp.lr_batch_base) if hp.scale_lr else hp.lr
         if self.mixup_fn is not None and batch % 2:
             raise ConfigError(f"data.batch_size={batch} must be even when Mixup/CutMix is on (recipe.mixup)")
 
-    def configure_optimizers(self):
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        """AdamW (timm) with weight decay off for 1-D parameters and the backbone's no_weight_decay()."""
         hp = self.hparams
-        optimizer = create_optimizer_v2(
+        return create_optimizer_v2(
             self.backbone,
             opt=hp.opt,
             lr=self.peak_lr,
@@ -131,6 +148,10 @@ class Recipe(L.LightningModule):
             betas=tuple(hp.betas),
             **dict(hp.opt_kwargs or {}),
         )
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        optimizer = self.build_optimizer()
         total = int(self.trainer.estimated_stepping_batches)
         steps_per_epoch = total / max(1, self.trainer.max_epochs or 1)
         if self.trainer.max_epochs in (None, -1):
@@ -163,14 +184,25 @@ class Recipe(L.LightningModule):
         if self.mixup_fn is not None:
             images, targets = self.mixup_fn(images, targets)
         loss = self.train_loss_fn(self(images), targets)
+        if not loss_is_finite(loss, self.trainer.strategy):
+            message = nonfinite_loss_message(loss, self.global_step, self.current_epoch, batch_idx,
+                                             self.hparams.nan_policy)
+            if self.hparams.nan_policy == "stop":
+                raise NonFiniteError(message)
+            self.skipped_steps += 1
+            print(message, flush=True)
+            return None  # Lightning skips backward and the update for this batch
         self.train_loss.update(loss.detach())
         self._epoch_images += images.shape[0]
         self.log("loss", loss.detach(), prog_bar=True, logger=False)
         return loss
 
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # EMA follows each optimizer step here, not in on_train_batch_end: callbacks (checkpoints) run
+        # before that hook, and a checkpoint must hold the EMA of the weights it holds.
         if self.ema is not None:
-            self.ema.update(self.backbone, step=self.global_step)
+            self.ema.update(self.backbone, step=self.global_step + 1)  # this step counted
 
     # ---------------------------------------------------------------- evaluation
     def on_validation_epoch_start(self) -> None:
@@ -180,7 +212,8 @@ class Recipe(L.LightningModule):
     def validation_step(self, batch, batch_idx: int) -> None:
         images, targets = batch
         logits = self(images)
-        self.val_loss.update(self.eval_loss_fn(logits, targets))
+        # weighted by batch size: a per-sample mean whatever the batching (devices, last partial batch)
+        self.val_loss.update(self.eval_loss_fn(logits, targets), weight=targets.shape[0])
         for metric in self.metrics.values():
             metric.update(logits, targets)
         if self.ema is not None:
@@ -209,6 +242,7 @@ class Recipe(L.LightningModule):
             "train/loss": float(self.train_loss.compute()),
             "train/images_per_s": images_per_s,
             "lr": self.trainer.optimizers[0].param_groups[0]["lr"],
+            "train/skipped_steps": self.skipped_steps,
         }
         self.train_loss.reset()
         for key, value in self.trainer.callback_metrics.items():
@@ -219,7 +253,22 @@ class Recipe(L.LightningModule):
             logger.log_metrics(row, step=self.current_epoch)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        check_finite_weights(self.backbone, self.global_step)
         checkpoint["history"] = list(self.history)
+        checkpoint["skipped_steps"] = self.skipped_steps
+        # the epoch's running train loss is per rank: keep every rank's, so a run resumed mid-epoch
+        # reports the same epoch mean (all ranks are in here; all_gather stacks them on a new first dim)
+        states = self.train_loss.metric_state
+        if self.trainer.world_size > 1:
+            checkpoint["train_loss_per_rank"] = {k: self.all_gather(v).cpu() for k, v in states.items()}
+        else:
+            checkpoint["train_loss_per_rank"] = {k: v.detach().cpu()[None] for k, v in states.items()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.history = list(checkpoint.get("history", []))
+        self.skipped_steps = int(checkpoint.get("skipped_steps", 0))
+        states = checkpoint.get("train_loss_per_rank") or {}
+        rank = self.trainer.global_rank if self._trainer is not None else 0
+        for name, per_rank in states.items():
+            if rank < len(per_rank):
+                setattr(self.train_loss, name, per_rank[rank].to(self.device))

@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from mixerlab.redact import redacted_config
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -73,7 +75,8 @@ class RunDirectory:
         return last if last.is_file() else None
 
     def save_config(self, cfg: DictConfig) -> None:
-        atomic_write_text(self.path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        # secrets (an API key that slipped into an override) never reach the experiment record
+        atomic_write_text(self.path / "config.yaml", OmegaConf.to_yaml(redacted_config(cfg)))
 
     def read_summary(self) -> dict | None:
         try:

@@ -15,8 +15,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from mixerlab.build import build_backbone, build_datamodule, build_recipe, mixer_name
+from mixerlab.checkpointing import AtomicCheckpointIO, RunCheckpoint
 from mixerlab.costs import count_flops, count_parameters, weights_sha256
+from mixerlab.loggers import finish_loggers, start_loggers
+from mixerlab.preemption import Requeued, RequeueOnSignal, owns_requeue
+from mixerlab.randomness import StepSeeding
 from mixerlab.run import RunDirectory, git_commit, peak_memory_mb
+from mixers.contract import ConfigError
 
 log = logging.getLogger("mixerlab")
 
@@ -39,6 +44,11 @@ def quiet_lightning() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
+    warnings.filterwarnings("ignore", message=r".*Experiment logs directory .* exists and is not empty.*")
+    warnings.filterwarnings("ignore", message=r".*is smaller than the logging interval.*")
+    warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec.*")
+    # the data module carries the data order's position in checkpoints (data/base.py), not the loader
+    warnings.filterwarnings("ignore", message=r".*resuming from a checkpoint that ended before the epoch.*")
 
 
 def run_directory(cfg: DictConfig) -> RunDirectory:
@@ -47,8 +57,35 @@ def run_directory(cfg: DictConfig) -> RunDirectory:
     return RunDirectory(cfg.get("run_dir") or "runs/default/unnamed")
 
 
+def trainer_plugins() -> list:
+    """Atomic, pickle-free checkpoints; on SLURM, Lightning's signal-handler requeue off (preemption.py)."""
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    plugins: list = [AtomicCheckpointIO()]
+    if SLURMEnvironment.detect():
+        plugins.append(SLURMEnvironment(auto_requeue=False))
+    return plugins
+
+
+def check_launcher(trainer: L.Trainer) -> None:
+    """Several processes must be started outside Lightning (torchrun, srun), never by Lightning re-running
+    ``sys.argv``: under Hydra that starts new runs and multiplies output directories."""
+    environment = getattr(trainer.strategy, "cluster_environment", None)
+    if trainer.world_size > 1 and environment is not None and not environment.creates_processes_externally:
+        raise ConfigError(
+            f"trainer.devices={trainer.num_devices}, trainer.num_nodes={trainer.num_nodes}: start one "
+            f"process per device yourself: `torchrun --standalone --nproc_per_node={trainer.num_devices} train.py "
+            "trainer=ddp ...` on one machine, `sbatch slurm/train.sbatch ...` on SLURM (README: Scaling out)"
+        )
+
+
+_process_started_before = False  # jobs of a multirun share one process: only the first pays its start-up
+
+
 def train(cfg: DictConfig) -> dict:
-    t_start = time.perf_counter() - process_age_s()
+    global _process_started_before
+    t_start = time.perf_counter() - (0.0 if _process_started_before else process_age_s())
+    _process_started_before = True
     quiet_lightning()
     run = run_directory(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -56,9 +93,16 @@ def train(cfg: DictConfig) -> dict:
     backbone = build_backbone(cfg)  # impossible configs fail here, before any data is read
     datamodule = build_datamodule(cfg)
     recipe = build_recipe(cfg, backbone)
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    loggers = start_loggers([instantiate(c) for c in (cfg.get("logger") or {}).values() if c], cfg)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+    callbacks.append(StepSeeding(cfg.seed))  # exact replay after a resume, whatever the callbacks config
+    checkpoint = next((c for c in callbacks if isinstance(c, RunCheckpoint)), None)
+    if checkpoint is not None and owns_requeue():
+        callbacks.append(RequeueOnSignal(checkpoint))
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
+                                     plugins=trainer_plugins())
+    check_launcher(trainer)
+    per_device_batch = datamodule.resolve_batch_size(trainer.world_size, trainer.accumulate_grad_batches)
 
     summary = {
         "status": "running",
@@ -70,6 +114,8 @@ def train(cfg: DictConfig) -> dict:
         "params": count_parameters(backbone),
         **_flops(backbone, cfg),
         "world_size": trainer.world_size,
+        "num_nodes": trainer.num_nodes,
+        "per_device_batch": per_device_batch,
         "git_commit": git_commit(),
         "run_dir": str(run.path),
     }
@@ -79,13 +125,16 @@ def train(cfg: DictConfig) -> dict:
     if resume and trainer.is_global_zero:
         log.info("resuming from %s", resume)
     try:
-        trainer.fit(recipe, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
+        ckpt_path = str(resume) if resume else None
+        trainer.fit(recipe, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except BaseException as error:
-        summary.update(status="failed", error=f"{type(error).__name__}: {error}",
+        summary.update(status=_stop_status(error), error=f"{type(error).__name__}: {error}",
                        traceback=traceback.format_exc(limit=8), wall_s=round(time.perf_counter() - t_start, 2))
         if trainer.is_global_zero:
             run.write_summary(summary)
-            print(f"FAILED {summary['mixer']} | {summary['error']} | run: {run.path}", flush=True)
+            print(f"{summary['status'].upper()} {summary['mixer']} | {summary['error']} | run: {run.path}",
+                  flush=True)
+        finish_loggers(loggers, failed=True)
         raise
 
     history = recipe.history
@@ -119,7 +168,17 @@ def train(cfg: DictConfig) -> dict:
             f"{summary['wall_s']} s | run: {run.path}",
             flush=True,
         )
+    finish_loggers(loggers, failed=False)
     return summary
+
+
+def _stop_status(error: BaseException) -> str:
+    """Stopped from outside (requeue, SIGTERM, submitit's exit) is "interrupted": the run goes on from its
+    checkpoint. Anything else is "failed"."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    stopped = (Requeued, SIGTERMException, SystemExit, KeyboardInterrupt)
+    return "interrupted" if isinstance(error, stopped) else "failed"
 
 
 def _flops(backbone, cfg: DictConfig) -> dict:

@@ -17,6 +17,7 @@ is loaded.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -55,6 +56,14 @@ def check_fixed_tokens(expected: int | None, layout: TokenLayout, key: str) -> i
         raise ConfigError(
             f"{key}={expected} but the backbone gives {layout.num_tokens} tokens "
             f"({layout.grid[0]}x{layout.grid[1]} patches + {layout.num_prefix} prefix); this mixer's weights "
-            f"fix the token count: set {key}=null to follow data.img_size / backbone.patch_size, or change those"
+            f"fix the token count: set {key}=null to follow data.img_size / backbone.patch_size, "
+            "or change those"
         )
     return expected
+
+
+def autocast_off(device: torch.device) -> contextlib.AbstractContextManager:
+    """Disable autocast for a region that must run in float32 (FFTs), on any device type (also meta)."""
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()

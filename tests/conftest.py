@@ -13,14 +13,23 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_train(run_dir: Path, *overrides: str, check: bool = True, timeout: int = 600, env: dict | None = None,
-              script: str = "train.py") -> tuple[subprocess.CompletedProcess, dict | None]:
+def run_train(
+    run_dir: Path,
+    *overrides: str,
+    check: bool = True,
+    timeout: int = 600,
+    env: dict | None = None,
+    script: str = "train.py",
+) -> tuple[subprocess.CompletedProcess, dict | None]:
     """Run ``python train.py hydra.run.dir=<run_dir> <overrides>``; return the process and summary.json."""
     cmd = [sys.executable, str(REPO / script), f"hydra.run.dir={run_dir}", *overrides]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+    proc = subprocess.run(
+        cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+        )
     summary_path = Path(run_dir) / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
     return proc, summary

@@ -1,0 +1,37 @@
+"""Compare the runs of one or more sweeps: ``python scripts/report.py SWEEP_DIR [SWEEP_DIR ...] [--out DIR]``.
+
+Writes ``report.html`` (self-contained: open it offline, no server) and ``report.md`` (model-zoo table) into
+the sweep directory (one sweep) or the sweeps' common parent (several), or ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mixerlab.report import SweepReport  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_dirs", nargs="+", type=Path, help="sweep directories (runs/sweeps/<name>) "
+                        "or directories of run directories")
+    parser.add_argument("--out", type=Path, default=None, help="where to write report.html and report.md")
+    args = parser.parse_args(argv)
+    try:
+        report = SweepReport(args.sweep_dirs)
+    except FileNotFoundError as error:
+        parser.error(str(error))
+    html_path, md_path = report.write(args.out)
+    print(report.status_line())
+    for line in report.answer_lines():
+        print(line)
+    print(f"report: {html_path}\nmarkdown: {md_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""A small sweep on disk, written the way train.py writes one, for the report tests (no training)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+# job -> (status, top1, flops, images/s); attention has three seeds
+JOBS = {
+    "mixer=attention,seed=0": ("completed", 91.0, 7.0e6, 400.0),
+    "mixer=attention,seed=1": ("completed", 93.0, 7.0e6, 420.0),
+    "mixer=attention,seed=2": ("completed", 95.0, 7.0e6, 410.0),
+    "mixer=pooling,seed=0": ("completed", 92.5, 4.0e6, 650.0),
+    "mixer=identity,seed=0": ("failed", None, 3.9e6, None),
+    "mixer=fnet,seed=0": ("pending", None, None, None),
+}
+
+
+def make_sweep(root: Path, name: str = "mixer+seed-0123abcd") -> Path:
+    sweep = root / name
+    jobs = []
+    for num, (job, (status, top1, flops, ips)) in enumerate(JOBS.items()):
+        choices = dict(part.split("=") for part in job.split(","))
+        jobs.append({"job": job, "num": num, "overrides": [f"{k}={v}" for k, v in choices.items()],
+                     "choices": choices, "run_dir": job, "status": status})
+        if status == "pending":
+            continue
+        run = sweep / job
+        (run / ".hydra").mkdir(parents=True)
+        (run / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in jobs[-1]["overrides"]))
+        (run / "config.yaml").write_text(f"mixer: {choices['mixer']}\nseed: {choices['seed']}\n")
+        summary = {"status": status, "mixer": choices["mixer"], "seed": int(choices["seed"]),
+                   "params": 202954 if choices["mixer"] == "attention" else 186000, "flops": flops}
+        rows = ["epoch,step,train/loss,val/top1"]
+        if status == "completed":
+            summary.update(top1=top1, top5=99.0, best_top1=top1 + 0.5, train_images_per_s=ips,
+                           peak_memory_mb=900.0 + num, wall_s=30.0 + num)
+            # epoch 1 logged twice, as a run killed after logging it and resumed from epoch 0 leaves it
+            rows += ["0,10,2.0,50.0", "1,20,1.5,70.0", "1,20,1.4,71.0", f"2,30,1.0,{top1}"]
+        else:
+            summary["error"] = "NonFiniteError: non-finite loss (nan) at step 12 (epoch 1, batch 2)"
+            rows += ["0,10,2.2,40.0"]
+        (run / "summary.json").write_text(json.dumps(summary))
+        (run / "metrics.csv").write_text("\n".join(rows) + "\n")
+    index = {"name": name, "dir": str(sweep), "varied": ["mixer", "seed"], "jobs": jobs}
+    (sweep / "sweep.json").write_text(json.dumps(index))
+    return sweep

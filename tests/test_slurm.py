@@ -1,0 +1,195 @@
+"""The SLURM path on a real one-node cluster (slurm/local-cluster.sh, started here as root): the sbatch
+template trains with 2 tasks, requeued jobs (scontrol requeue; SIGUSR1) finish with the same weights as an
+uninterrupted one, and a Hydra sweep through hydra/launcher=slurm runs as one job array."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import REPO
+
+pytestmark = [pytest.mark.slurm, pytest.mark.timeout(900)]
+
+CLUSTER = REPO / "slurm" / "local-cluster.sh"
+FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
+# 2 tasks x per-device batch 32 (global 64), 2 epochs of 22 steps, a checkpoint every 5 steps
+RUN = (
+    "trainer.max_epochs=2",
+    "data.global_batch=64",
+    "callbacks.checkpoint.every_n_steps=5",
+    "~callbacks.progress",
+    "+trainer.enable_progress_bar=false",
+)
+
+
+def sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, check=check, timeout=60)
+
+
+def cluster_is_up() -> bool:
+    return subprocess.run(["scontrol", "ping"], capture_output=True).returncode == 0
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """Start the local cluster (root) and stop it afterwards if this session started it."""
+    started = False
+    if os.geteuid() != 0:
+        if not cluster_is_up():
+            pytest.skip("starting slurm/local-cluster.sh needs root (or start it yourself first)")
+    elif not cluster_is_up():
+        proc = subprocess.run(["bash", str(CLUSTER), "start"], capture_output=True, text=True, timeout=900)
+        if proc.returncode:
+            pytest.fail(f"slurm/local-cluster.sh start failed:\n{proc.stdout}\n{proc.stderr}")
+        started = True
+    yield
+    if started and not os.environ.get("MIXERLAB_KEEP_SLURM"):
+        subprocess.run(["bash", str(CLUSTER), "stop"], capture_output=True, timeout=120)
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            tail = log.read_text()[-4000:] if log and log.exists() else ""
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n{tail}")
+        time.sleep(0.1)
+
+
+def job_field(job: str, field: str) -> str:
+    out = sh("scontrol", "show", "job", job, "-o").stdout
+    match = re.search(rf"\b{field}=(\S+)", out)
+    return match.group(1) if match else ""
+
+
+def sbatch(run_dir: Path, *overrides: str, tasks: int = 2) -> tuple[str, Path]:
+    """Submit slurm/train.sbatch as a user would, from the repository root; return (job id, its log)."""
+    log = run_dir.parent / f"{run_dir.name}.out"
+    env = {**os.environ, "RUN_DIR": str(run_dir), "PYTHON": sys.executable}
+    cmd = ["sbatch", "--parsable", f"--ntasks-per-node={tasks}", "--cpus-per-task=1", "--time=15",
+           f"--output={log}", "slurm/train.sbatch", *overrides]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip().split(";")[0], log
+
+
+def wait_done(job: str, log: Path, timeout: float = 400) -> str:
+    wait_until(lambda: job_field(job, "JobState") in FINAL, timeout, f"job {job} to finish", log)
+    return job_field(job, "JobState")
+
+
+def release_requeued(job: str, log: Path) -> None:
+    """A requeued job waits (reason BeginTime) before it may start again: let it start now."""
+    wait_until(lambda: job_field(job, "JobState") == "PENDING", 120, f"job {job} to be requeued", log)
+    sh("scontrol", "update", f"JobId={job}", "StartTime=now")
+
+
+def accounting_states(job: str) -> list[str]:
+    """Every incarnation of the job in the accounting database (-D: requeued ones too)."""
+    out = sh("sacct", "-D", "-X", "-n", "-P", "-o", "State", "-j", job).stdout
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+def wait_for_accounting(job: str, states: list[str]) -> None:
+    """slurmctld sends job records to slurmdbd asynchronously: sacct may lag the job by a moment."""
+    wait_until(lambda: accounting_states(job) == states, 60, f"sacct to show {states} for job {job}")
+
+
+def checkpoint_step(run_dir: Path) -> int:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+
+
+def summary_of(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_job(slurm_cluster, tmp_path_factory) -> tuple[str, Path, Path]:
+    run_dir = tmp_path_factory.mktemp("slurm") / "uninterrupted"
+    job, log = sbatch(run_dir, *RUN)
+    assert wait_done(job, log) == "COMPLETED", log.read_text()[-4000:]
+    return job, run_dir, log
+
+
+def test_the_sbatch_template_trains_with_two_tasks_to_completion(uninterrupted_job):
+    job, run_dir, log = uninterrupted_job
+    summary = summary_of(run_dir)
+    assert summary["status"] == "completed" and summary["steps"] == 44
+    assert (summary["world_size"], summary["per_device_batch"], summary["global_batch"]) == (2, 32, 64)
+    assert summary["run_dir"] == str(run_dir)
+    wait_for_accounting(job, ["COMPLETED"])
+    assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in log.read_text()
+
+
+def test_a_job_requeued_with_scontrol_resumes_to_the_same_weights(uninterrupted_job, tmp_path):
+    """`scontrol requeue` gives no warning (SIGTERM, then SIGKILL): the job restarts with the same id, finds
+    its run directory, and replays from the last periodic checkpoint."""
+    _, reference_dir, _ = uninterrupted_job
+    run_dir = tmp_path / "requeued"
+    job, log = sbatch(run_dir, *RUN)
+    wait_until(lambda: (run_dir / "checkpoints" / "last.ckpt").exists(), 300, "a first checkpoint", log)
+    sh("scontrol", "requeue", job)
+    assert 5 <= checkpoint_step(run_dir) < 44, "requeued too late to test a resume"
+    release_requeued(job, log)
+
+    assert wait_done(job, log) == "COMPLETED", log.read_text()[-4000:]
+    assert job_field(job, "Restarts") == "1"
+    wait_for_accounting(job, ["REQUEUED", "COMPLETED"])
+    assert "resuming from" in log.read_text()
+    assert summary_of(run_dir)["weights_sha256"] == summary_of(reference_dir)["weights_sha256"]
+
+
+def test_a_job_signalled_with_sigusr1_checkpoints_requeues_itself_and_resumes_to_the_same_weights(
+    uninterrupted_job, tmp_path
+):
+    """The time-limit warning (`--signal=SIGUSR1@90`), sent by hand: mixerlab checkpoints at the end of
+    the batch, runs `scontrol requeue`, and the restarted job resumes from that checkpoint."""
+    _, reference_dir, _ = uninterrupted_job
+    run_dir = tmp_path / "signalled"
+    job, log = sbatch(run_dir, *RUN)
+    wait_until(lambda: (run_dir / "checkpoints" / "last.ckpt").exists(), 300, "a first checkpoint", log)
+    sh("scancel", "--signal=USR1", job)
+    release_requeued(job, log)
+
+    assert wait_done(job, log) == "COMPLETED", log.read_text()[-4000:]
+    text = log.read_text()
+    saved = re.search(r"checkpointed at step (\d+) and requeued", text)
+    assert saved and int(saved.group(1)) < 44, text[-4000:]
+    assert f"requeued SLURM job {job} at step {saved.group(1)}" in text
+    wait_for_accounting(job, ["REQUEUED", "COMPLETED"])
+    assert summary_of(run_dir)["weights_sha256"] == summary_of(reference_dir)["weights_sha256"]
+
+
+def test_a_sweep_through_the_hydra_launcher_runs_as_one_job_array(slurm_cluster, tmp_path):
+    # two mixers when the zoo has a second one; until then two variants of attention
+    other = "identity" if (REPO / "conf" / "mixer" / "identity.yaml").exists() else None
+    sweep = f"mixer=attention,{other}" if other else "mixer.qkv_bias=true,false"
+    sweep_dir = tmp_path / "sweep"
+    cmd = [sys.executable, "train.py", "-m", "hydra/launcher=slurm", f"hydra.sweep.dir={sweep_dir}",
+           "hydra.launcher.timeout_min=15", sweep, "trainer.max_epochs=1", "~callbacks.progress",
+           "+trainer.enable_progress_bar=false"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+
+    summaries = [json.loads(p.read_text()) for p in sorted(sweep_dir.rglob("summary.json"))]
+    assert len(summaries) == 2 and all(s["status"] == "completed" for s in summaries)
+    assert summaries[0]["params"] != summaries[1]["params"], "the two sweep points are different models"
+    jobs = sorted(p.name for p in (sweep_dir / ".submitit").iterdir() if re.fullmatch(r"\d+_\d+", p.name))
+    array_ids = {j.split("_")[0] for j in jobs}
+    assert len(array_ids) == 1 and [j.split("_")[1] for j in jobs] == ["0", "1"], jobs
+    (array,) = array_ids
+    # submitit returns once both results are written; the tasks may still be finishing in SLURM
+    wait_for_accounting(array, ["COMPLETED", "COMPLETED"])
+    assert {s["run_dir"] for s in summaries} == {
+        str(p.parent) for p in sweep_dir.rglob("summary.json")
+    }
