@@ -17,8 +17,9 @@ op after ``ToTensor`` (its CPU version) never finishes compiling (``Graph.group_
 Order: ``QUASI_RANDOM`` on one process (page-local reads when the data does not fit in RAM), FFCV's
 ``RANDOM`` when distributed (QUASI_RANDOM is not supported there), and with DeiT's repeated augmentation
 on several processes, :class:`RepeatedAugmentationOrder`. The order is a function of (seed, epoch):
-Lightning hands the epoch to :meth:`FFCVBatches.set_epoch`, so a resumed run continues the sequence.
-FFCV's decoders draw crops and flips from numba's unseeded thread-local generators, so unlike the
+Lightning hands the epoch to :meth:`FFCVBatches.set_epoch`, and a run resumed from a mid-epoch
+checkpoint starts that epoch where it stopped (:class:`ResumableOrder`): the same samples follow. FFCV's
+decoders draw crops and flips from numba's unseeded thread-local generators, so unlike the
 folder path, the FFCV path's augmentation is not bit-reproducible.
 
 Progressive resizing (FFCV's ResNet recipe): ``progressive`` makes the decoder's output resolution a
@@ -108,6 +109,33 @@ class RepeatedAugmentationOrder:
     def sample_order(self, epoch: int) -> np.ndarray:
         self.sampler.set_epoch(epoch)
         return self.indices[np.fromiter((i for i, _ in self.sampler), dtype=np.int64)]
+
+
+class ResumableOrder:
+    """Wraps an ffcv traversal order so that one epoch's pass starts part-way: a mid-epoch resume.
+
+    ``resume_at(epoch, position)`` (called by :meth:`data.base.ImageDataModule._resume_sampler`, which
+    first checks the checkpoint's world size and batch) drops the first ``position`` samples of that
+    epoch's order, as the uninterrupted run consumed them; every other epoch is unchanged. The samples
+    are the same, their crops are not (ffcv's augmentation is not seeded).
+    """
+
+    def __init__(self, inner, batch_size: int, drop_last: bool) -> None:
+        self.inner = inner
+        self.batch_size = batch_size
+        self.drop_last = drop_last
+        self.resume: tuple[int, int] | None = None
+
+    def resume_at(self, epoch: int, position: int) -> None:
+        self.resume = (epoch, position)
+
+    def sample_order(self, epoch: int) -> np.ndarray:
+        order = self.inner.sample_order(epoch)
+        if self.resume is None or self.resume[0] != epoch:
+            return order
+        if self.drop_last:  # ffcv cuts the full order to whole batches; cut the same samples first
+            order = order[: len(order) // self.batch_size * self.batch_size]
+        return order[self.resume[1] :]
 
 
 class FFCVBatches:
@@ -397,6 +425,13 @@ class ImageNetFFCVDataModule(ImageDataModule):
                 loader.indices, self.seed, rank, world, repeats
             )
             loader.first_traversal_order = loader.next_traversal_order()
+        resume_epoch = 0
+        if train and self.resume_position:
+            # wrapped after ffcv computed its length from a whole epoch: len() stays one epoch, as Lightning
+            # counts on from the checkpoint's batch
+            loader.traversal_order = ResumableOrder(loader.traversal_order, self.batch_size, drop_last=True)
+            self._resume_sampler(loader.traversal_order, world)
+            resume_epoch = self.resume_position["epoch"]
         transform = BatchTransform(
             self.img_size,
             self.mean,
@@ -408,13 +443,15 @@ class ImageNetFFCVDataModule(ImageDataModule):
             re_mode=aug.get("re_mode", "pixel"),
             re_count=aug.get("re_count", 1),
         )
-        return FFCVBatches(
+        batches = FFCVBatches(
             loader,
             transform,
             decoder=decoder if train else None,
             resolution=self.progressive if train else None,
             name="train" if train else "val",
         )
+        batches.set_epoch(resume_epoch)  # Lightning may iterate a resumed epoch before calling set_epoch
+        return batches
 
     def train_dataloader(self) -> FFCVBatches:
         return self._build(train=True)

@@ -18,7 +18,8 @@ def posterize(img: Image.Image, bits_to_keep: int, **kwargs) -> Image.Image:
 
     ``rand-m9-mstd0.5-inc1`` draws magnitudes up to 10, where PosterizeIncreasing keeps 0 bits (a black
     image, as in the TF reference). Pillow 13 rejects ``ImageOps.posterize(img, 0)`` with ValueError, which
-    killed a DeiT training epoch after ~1,000 images (timm 1.0.31). Same output as older Pillow.
+    crashed the first pass over 640 images of scripts/bench_data.py (timm 1.0.31). Same output as older
+    Pillow.
     """
     if bits_to_keep <= 0:
         return Image.new(img.mode, img.size)

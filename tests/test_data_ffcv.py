@@ -231,3 +231,31 @@ def test_train_py_trains_on_betons_with_progressive_resizing(written, train_run)
             f"ffcv train epoch {epoch}: decoding at {res} px, batches resized to 32 px"
             in proc.stdout + proc.stderr
         )
+
+
+def test_resumed_order_continues_an_epoch_where_the_checkpoint_stopped():
+    """Mid-epoch resume: the resumed pass is the uninterrupted pass minus the samples already trained on."""
+    from types import SimpleNamespace
+
+    from data.imagenet_ffcv import ResumableOrder
+
+    full = np.arange(100, 127)  # 27 samples; batches of 8 with drop_last keep 24
+    inner = SimpleNamespace(sample_order=lambda epoch: np.roll(full, epoch))
+    order = ResumableOrder(inner, batch_size=8, drop_last=True)
+    order.resume_at(epoch=2, position=16)
+    assert list(order.sample_order(2)) == list(np.roll(full, 2)[16:24])  # the third batch, nothing more
+    assert list(order.sample_order(3)) == list(np.roll(full, 3))  # later epochs whole
+
+
+@pytest.mark.ffcv
+def test_ffcv_train_loader_resumes_mid_epoch_and_keeps_a_whole_epochs_length(written):
+    _, out, _, _ = written
+    module = ffcv_module(out, batch_size=8)
+    module.resume_position = {"epoch": 1, "batches": 2, "batch_size": 8, "world_size": 1}
+    batches = module.train_dataloader()
+    assert len(batches) == 27 // 8 and batches.epoch == 1
+    order = batches.loader.traversal_order
+    assert len(order.sample_order(1)) == 8 and len(order.sample_order(2)) == 27
+    module.resume_position = {"epoch": 1, "batches": 2, "batch_size": 4, "world_size": 1}
+    with pytest.raises(ConfigError, match="resume it with the same devices, nodes and data.batch_size"):
+        module.train_dataloader()
