@@ -11,9 +11,10 @@ Exactly one mechanism owns requeue, depending on how the job was started:
   it saves from inside the signal handler, in the middle of a step -- possibly between the optimizer step
   and the loop's bookkeeping, and on each DDP rank at a different collective -- which is neither exact nor
   safe.
-- ``python train.py -m ... hydra/launcher=slurm`` (submitit): submitit installed its SIGUSR1 handler first
-  and owns requeue (``hydra.launcher.max_num_timeout``); this module stays out of its way. The requeued
-  job resumes from the last periodic checkpoint and replays from there exactly.
+- ``python train.py -m ... hydra/launcher=slurm`` (submitit): submitit asks for its own warning signal
+  (SIGUSR2, ``--signal=USR2@signal_delay_s``), handles it and owns requeue (``max_num_timeout`` bounds
+  requeues on time-outs; preemptions always requeue); this module stays out of its way. The requeued job
+  resumes from the last periodic checkpoint and replays from there exactly.
 - ``scontrol requeue`` or a node failure: no warning at all; the job restarts and resumes from the last
   periodic checkpoint (``callbacks.checkpoint.every_n_steps``).
 """

@@ -170,26 +170,42 @@ def test_a_job_signalled_with_sigusr1_checkpoints_requeues_itself_and_resumes_to
     assert summary_of(run_dir)["weights_sha256"] == summary_of(reference_dir)["weights_sha256"]
 
 
-def test_a_sweep_through_the_hydra_launcher_runs_as_one_job_array(slurm_cluster, tmp_path):
+def test_a_sweep_through_the_hydra_launcher_runs_as_one_job_array_and_submitit_requeues_it(
+    slurm_cluster, tmp_path
+):
+    """Two sweep points become one array; preempted mid-run with submitit's signal (SIGUSR2), both tasks
+    are requeued by submitit (the one owner of requeue there) and finish from their checkpoints."""
     # two mixers when the zoo has a second one; until then two variants of attention
     other = "identity" if (REPO / "conf" / "mixer" / "identity.yaml").exists() else None
     sweep = f"mixer=attention,{other}" if other else "mixer.qkv_bias=true,false"
     sweep_dir = tmp_path / "sweep"
     cmd = [sys.executable, "train.py", "-m", "hydra/launcher=slurm", f"hydra.sweep.dir={sweep_dir}",
-           "hydra.launcher.timeout_min=15", sweep, "trainer.max_epochs=1", "~callbacks.progress",
+           "hydra.launcher.timeout_min=15", sweep, "trainer.max_epochs=2",
+           "callbacks.checkpoint.every_n_steps=5", "~callbacks.progress",
            "+trainer.enable_progress_bar=false"]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-5000:]
+    log = tmp_path / "multirun.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: any(sweep_dir.rglob("last.ckpt")), 300, "a first checkpoint in the sweep", log)
+        submitted = (sweep_dir / ".submitit").iterdir()
+        tasks = sorted(p.name for p in submitted if re.fullmatch(r"\d+_\d+", p.name))
+        assert {t.split("_")[0] for t in tasks} == {tasks[0].split("_")[0]} and len(tasks) == 2, tasks
+        array = tasks[0].split("_")[0]
+        sh("scancel", "--signal=USR2", array)  # every task of the array, as a preemption would
+        for task in tasks:
+            release_requeued(task, log)
+        proc.wait(timeout=400)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, log.read_text()[-5000:]
 
     summaries = [json.loads(p.read_text()) for p in sorted(sweep_dir.rglob("summary.json"))]
     assert len(summaries) == 2 and all(s["status"] == "completed" for s in summaries)
     assert summaries[0]["params"] != summaries[1]["params"], "the two sweep points are different models"
-    jobs = sorted(p.name for p in (sweep_dir / ".submitit").iterdir() if re.fullmatch(r"\d+_\d+", p.name))
-    array_ids = {j.split("_")[0] for j in jobs}
-    assert len(array_ids) == 1 and [j.split("_")[1] for j in jobs] == ["0", "1"], jobs
-    (array,) = array_ids
+    assert {s["run_dir"] for s in summaries} == {str(p.parent) for p in sweep_dir.rglob("summary.json")}
     # submitit returns once both results are written; the tasks may still be finishing in SLURM
-    wait_for_accounting(array, ["COMPLETED", "COMPLETED"])
-    assert {s["run_dir"] for s in summaries} == {
-        str(p.parent) for p in sweep_dir.rglob("summary.json")
-    }
+    wait_until(lambda: sorted(accounting_states(array)) == ["COMPLETED", "COMPLETED", "REQUEUED", "REQUEUED"],
+               60, f"sacct to show both tasks of {array} requeued, then completed")
+    task_logs = "".join(p.read_text() for p in (sweep_dir / ".submitit").rglob("*_log.*"))
+    assert task_logs.count("this job is preempted") >= 2 and "resuming from" in task_logs
