@@ -74,8 +74,9 @@ def check_launcher(trainer: L.Trainer) -> None:
     if trainer.world_size > 1 and environment is not None and not environment.creates_processes_externally:
         raise ConfigError(
             f"trainer.devices={trainer.num_devices}, trainer.num_nodes={trainer.num_nodes}: start one "
-            f"process per device yourself: `torchrun --standalone --nproc_per_node={trainer.num_devices} train.py "
-            "trainer=ddp ...` on one machine, `sbatch slurm/train.sbatch ...` on SLURM (README: Scaling out)"
+            "process per device yourself: `torchrun --standalone "
+            f"--nproc_per_node={trainer.num_devices} train.py trainer=ddp ...` on one machine, "
+            "`sbatch slurm/train.sbatch ...` on SLURM (README: Scaling out)"
         )
 
 
