@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install everything mixerlab needs on a fresh Debian machine: system libraries, then Python packages.
-#   system: ffcv's JPEG/OpenCV libraries, chromium (dashboard tests), slurm-wlm + munge (local SLURM cluster)
+#   system: ffcv's JPEG/OpenCV libraries, chromium (dashboard tests), slurm-wlm + slurmdbd + munge + mariadb
+#           (the local one-node SLURM cluster the tests run on)
 #   python: the registry's regular torch + torchvision (a CPU-only torch breaks torchvision), lightning,
 #           hydra, timm, wandb, ffcv, test tools
 set -euo pipefail
@@ -14,7 +15,7 @@ $SUDO apt-get update -qq
 $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
     git pkg-config build-essential libturbojpeg0-dev libopencv-dev \
     chromium chromium-driver \
-    slurm-wlm munge >/dev/null
+    slurm-wlm slurmdbd munge mariadb-server >/dev/null
 
 "$PYTHON" -m pip install --upgrade --quiet pip
 # ffcv's build imports numpy (and finds OpenCV through pkg-config): install the core first.
