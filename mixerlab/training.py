@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 
 from mixerlab.build import build_backbone, build_datamodule, build_recipe, mixer_name
 from mixerlab.costs import count_flops, count_parameters, weights_sha256
+from mixerlab.fastpath import apply_fast_path
 from mixerlab.run import RunDirectory, git_commit, peak_memory_mb
 
 log = logging.getLogger("mixerlab")
@@ -73,6 +74,8 @@ def train(cfg: DictConfig) -> dict:
         "git_commit": git_commit(),
         "run_dir": str(run.path),
     }
+    # after the FLOP count and the EMA copy, both of which want the eager module
+    summary["fast_path"] = apply_fast_path(cfg.get("fastpath"), backbone, num_workers=datamodule.num_workers)
     if trainer.is_global_zero:
         run.save_config(cfg)
     resume = run.last_checkpoint
