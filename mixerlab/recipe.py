@@ -22,6 +22,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from mixerlab.fastpath import optimizer_impl_kwargs
 from mixerlab.nonfinite import (
     NAN_POLICIES,
     NonFiniteError,
@@ -77,6 +78,7 @@ class Recipe(L.LightningModule):
         opt_eps: float = 1e-8,
         betas: Sequence[float] = (0.9, 0.999),
         opt_kwargs: Mapping | None = None,
+        opt_impl: str = "auto",
         label_smoothing: float = 0.1,
         mixup: Mapping | None = None,
         ema_decay: float | None = None,
@@ -146,6 +148,7 @@ class Recipe(L.LightningModule):
             weight_decay=hp.weight_decay,
             eps=hp.opt_eps,
             betas=tuple(hp.betas),
+            **optimizer_impl_kwargs(hp.opt_impl, hp.opt, hp.opt_kwargs, cuda=self.device.type == "cuda"),
             **dict(hp.opt_kwargs or {}),
         )
 

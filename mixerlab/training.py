@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from mixerlab.build import build_backbone, build_datamodule, build_recipe, mixer_name
 from mixerlab.checkpointing import AtomicCheckpointIO, RunCheckpoint
 from mixerlab.costs import count_flops, count_parameters, weights_sha256
+from mixerlab.fastpath import apply_fast_path
 from mixerlab.loggers import finish_loggers, start_loggers
 from mixerlab.preemption import Requeued, RequeueOnSignal, owns_requeue
 from mixerlab.randomness import StepSeeding
@@ -120,6 +121,8 @@ def train(cfg: DictConfig) -> dict:
         "git_commit": git_commit(),
         "run_dir": str(run.path),
     }
+    # after the FLOP count and the EMA copy, both of which want the eager module
+    summary["fast_path"] = apply_fast_path(cfg.get("fastpath"), backbone, num_workers=datamodule.num_workers)
     if trainer.is_global_zero:
         run.save_config(cfg)
     resume = run.last_checkpoint

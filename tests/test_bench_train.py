@@ -1,0 +1,50 @@
+"""scripts/bench_train.py runs end to end at tiny sizes and reports its headline figures (no timing)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+
+def test_smoke_bench_prints_headline_json_on_the_last_line(tmp_path):
+    cmd = [sys.executable, str(REPO / "scripts" / "bench_train.py"), "--smoke", "--compare-timm"]
+    proc = subprocess.run(
+        cmd,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    # ours and timm's counterpart are the same architecture: same parameter count
+    assert report["params"] == report["timm_params"] > 0
+    assert report["timm_model"].startswith("timm VisionTransformer")
+    for side in ("ours", "timm"):
+        assert report[side]["images_per_s"] > 0
+        assert len(report[side]["images_per_s_rounds"]) == 2
+    assert report["ratio_ours_timm"] > 0
+    assert report["flops_per_step"] > 0 and report["achieved_tflops"] >= 0
+    assert report["mfu"] is None  # CPU: no accelerator peak to divide by
+    lightning = report["lightning"]
+    assert lightning["plain_images_per_s"] > 0 and lightning["lightning_images_per_s"] > 0
+    assert isinstance(lightning["overhead_pct"], float)
+    assert report["versions"]["torch"] and report["machine"]["cores"] >= 1
+
+
+def test_deit_small_counterpart_is_timms_deit_small_with_our_parameter_count():
+    sys.path.insert(0, str(REPO / "scripts"))
+    from bench_train import timm_counterpart
+
+    from mixerlab.build import build_backbone, compose_config
+    from mixerlab.costs import count_parameters
+
+    cfg = compose_config(["backbone=vit_small", "data=synthetic"])
+    timm_model, name = timm_counterpart(cfg)
+    assert name == "deit_small_patch16_224"
+    assert count_parameters(timm_model) == count_parameters(build_backbone(cfg)) == 22_050_664
