@@ -48,7 +48,7 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*Experiment logs directory .* exists and is not empty.*")
     warnings.filterwarnings("ignore", message=r".*is smaller than the logging interval.*")
     warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec.*")
-    warnings.filterwarnings("ignore", message=r".*The `srun` command is available on your system but is not used.*")
+    warnings.filterwarnings("ignore", message=r".*`srun` command is available on your system.*")
     # the data module carries the data order's position in checkpoints (data/base.py), not the loader
     warnings.filterwarnings("ignore", message=r".*resuming from a checkpoint that ended before the epoch.*")
 
