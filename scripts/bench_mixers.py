@@ -9,9 +9,10 @@ width (``--dim``, ``--heads``) on a square patch grid without CLS token, and tim
 exceed ``--max-memory-gb`` or ``--max-seconds`` (extrapolated from the mixer's last two points) are
 skipped and recorded as such. The headline ratio of sparse Fibottention to dense attention is timed
 side by side, alternating the two ``--pair-repeats`` times (median of the per-pair ratios), so load from
-other processes hits both alike. Writes ``mixers.csv``, ``mixers.png`` (log-log time vs tokens) and
-``summary.json`` to ``--out``; the fitted exponent is the least-squares slope of log time vs log tokens
-over the points with at least ``--fit-min-tokens`` tokens. The last stdout line is the headline JSON.
+other processes hits both alike. Writes ``mixers.csv``, ``mixers.md`` (the same as a table),
+``mixers.png`` (log-log time vs tokens) and ``summary.json`` to ``--out``; the fitted exponent is the
+least-squares slope of log time vs log tokens over the points with at least ``--fit-min-tokens`` tokens.
+The last stdout line is the headline JSON.
 
 Peak memory: on CUDA, ``torch.cuda.max_memory_allocated``; on CPU, the rise of the process's peak
 resident set (Linux ``VmHWM``, reset through ``/proc/self/clear_refs``) over the resident set before the
@@ -228,9 +229,31 @@ def run(args: argparse.Namespace) -> dict:
         name: fit_exponent([p for p in points if p.mixer == name], args.fit_min_tokens) for name in names
     }
     plot(points, exponents, out / "mixers.png", args)
+    (out / "mixers.md").write_text(markdown_table(points, exponents, args))
     grid = 56 if 56 in args.grids else max(args.grids)
     ratio = paired_ratio(factories, "attention", "fibottention_sparse", grid, args)
     return headline(points, exponents, ratio, grid, args, out)
+
+
+def markdown_table(points: list[Point], exponents: dict, args: argparse.Namespace) -> str:
+    """Milliseconds (peak MB) per mixer and token count, and the fitted exponent."""
+    tokens = [g * g for g in args.grids]
+    lines = [
+        "| mixer | " + " | ".join(f"{t:,}" for t in tokens) + f" | exponent (>= {args.fit_min_tokens:,}) |",
+        "|---|" + "---:|" * (len(tokens) + 1),
+    ]
+    for name, exponent in exponents.items():
+        cells = []
+        for t in tokens:
+            p = next(p for p in points if p.mixer == name and p.tokens == t)
+            if p.status != "ok":
+                cells.append(p.status.split(":")[0])
+            else:
+                memory = f" ({p.peak_mb:.0f})" if p.peak_mb is not None else ""
+                cells.append(f"{p.seconds * 1e3:.3g}{memory}")
+        shown = f"{exponent:.2f}" if exponent is not None else "-"
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {shown} |")
+    return "\n".join(lines) + "\n"
 
 
 def plot(points: list[Point], exponents: dict, path: Path, args: argparse.Namespace) -> None:

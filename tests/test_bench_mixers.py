@@ -1,0 +1,50 @@
+"""scripts/bench_mixers.py: the cost-vs-tokens benchmark runs end to end and fits what it should."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from scripts.bench_mixers import Point, fit_exponent, parse_args, predicted, run
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_smoke_run_writes_csv_plot_and_headline_json(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "scripts/bench_mixers.py", "--smoke", "--threads", "1", "--out", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    headline = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert headline == json.loads((tmp_path / "summary.json").read_text())
+    mixers = sorted(p.stem for p in (REPO / "conf" / "mixer").glob("*.yaml")) + ["fibottention_sparse"]
+    assert sorted(headline["exponents"]) == sorted(mixers)
+    assert headline["fibottention_sparse_over_attention"] > 0
+    rows = list(csv.DictReader((tmp_path / "mixers.csv").open()))
+    assert len(rows) == len(mixers) * len(headline["tokens"])
+    assert all(r["status"] == "ok" and float(r["seconds"]) > 0 for r in rows)
+    assert (tmp_path / "mixers.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "mixers.md").read_text().count("\n") == len(mixers) + 2  # header, rule, rows
+
+
+def test_fitted_exponent_recovers_a_power_law():
+    points = [Point("m", g, g * g, 1e-6 * (g * g) ** 1.5, None, "ok") for g in (8, 16, 32, 64)]
+    assert fit_exponent(points, min_tokens=0) == pytest.approx(1.5)
+    assert fit_exponent(points, min_tokens=10**6) is None
+
+
+def test_points_predicted_over_budget_are_skipped(tmp_path):
+    points = [Point("m", 8, 64, 1.0, 10.0, "ok"), Point("m", 16, 256, 4.0, 40.0, "ok")]
+    assert predicted(points, 1024, "seconds") == pytest.approx(16.0)  # exponent 1 from the last two
+    args = parse_args(["--smoke", "--mixers", "identity", "--max-seconds", "0", "--out", str(tmp_path)])
+    summary = run(args)
+    assert summary["skipped"] == 1  # the first size is always measured, then nothing fits in 0 s
