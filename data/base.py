@@ -36,7 +36,7 @@ class ImageDataModule(L.LightningDataModule):
         num_classes: int,
         batch_size: int,
         num_workers: int = 0,
-        pin_memory: bool = False,
+        pin_memory: bool = True,  # only takes effect when CUDA is present
         persistent_workers: bool = False,
         mean: Sequence[float] = (0.485, 0.456, 0.406),
         std: Sequence[float] = (0.229, 0.224, 0.225),

@@ -17,7 +17,9 @@ from mixerlab.fastpath import (
     cpu_threads,
     optimizer_impl_kwargs,
     set_sdpa_backends,
+    wants_onednn_linear,
 )
+from mixerlab.onednn_linear import OneDNNLinear
 from mixers.contract import ConfigError
 
 
@@ -86,14 +88,23 @@ def test_cpu_threads_leave_a_core_per_data_worker(monkeypatch):
         cpu_threads(0, num_workers=0)
 
 
-def test_default_fast_path_on_cpu_compiles_nothing_and_sets_threads():
+def test_default_fast_path_on_cpu_compiles_nothing_and_sets_threads(monkeypatch):
     threads = torch.get_num_threads()
+    cfg = compose_config([])
     try:
-        cfg = compose_config([])
-        applied = apply_fast_path(cfg.fastpath, build_backbone(cfg), num_workers=0)
-        assert applied == {"cpu_threads": torch.get_num_threads(), "compiled": False}
+        for vendor, onednn in (("AuthenticAMD", True), ("GenuineIntel", False)):
+            monkeypatch.setattr("mixerlab.fastpath.cpu_vendor", lambda v=vendor: v)
+            model = build_backbone(cfg)
+            applied = apply_fast_path(cfg.fastpath, model, num_workers=0)
+            assert applied["cpu_threads"] == torch.get_num_threads() and applied["compiled"] is False
+            assert ("onednn_linear_layers" in applied) is onednn
+            assert any(isinstance(m, OneDNNLinear) for m in model.modules()) is onednn
     finally:
         torch.set_num_threads(threads)
+    with pytest.raises(ConfigError, match="fastpath.cpu_linear"):
+        wants_onednn_linear("mkl", compiled=False)
+    with pytest.raises(ConfigError, match="choose one"):
+        wants_onednn_linear("onednn", compiled=True)
 
 
 def test_autocast_follows_the_trainer_precision():
@@ -104,3 +115,51 @@ def test_autocast_follows_the_trainer_precision():
     assert autocast_for("16-mixed", cpu)[1] is False  # gradient scaling is for CUDA fp16 only
     with pytest.raises(ConfigError, match="trainer.precision"):
         autocast_for("8-true", cpu)
+
+
+def test_digits_without_the_noop_color_jitter_draw_identical_samples():
+    from data.digits import ArrayImages, digit_images
+    from data.sampling import SeededTransformDataset
+    from data.transforms import AugmentConfig, train_transform
+
+    images, labels = digit_images()
+    source = ArrayImages(images[:8], labels[:8])
+    base = dict(scale=(0.85, 1.0), ratio=(0.9, 1.1), hflip=0.0, auto_augment=None, re_prob=0.0)
+    jitter0, no_jitter = (
+        SeededTransformDataset(
+            source, train_transform(16, (0.5,), (0.5,), AugmentConfig(color_jitter=cj, **base))
+        )
+        for cj in (0.0, None)
+    )
+    for key in [(i, 1000 + i) for i in range(8)]:
+        torch.testing.assert_close(jitter0[key][0], no_jitter[key][0], rtol=0, atol=0)
+
+
+def test_onednn_linear_matches_nn_linear_forward_and_backward():
+    torch.manual_seed(0)
+    ref = torch.nn.Linear(24, 40)
+    fast = copy.deepcopy(ref)
+    fast.__class__ = OneDNNLinear
+    x = torch.randn(3, 7, 24)
+    xs = (x.clone().requires_grad_(), x.clone().requires_grad_())
+    grad = torch.randn(3, 7, 40)
+    for layer, inp in zip((ref, fast), xs, strict=True):
+        layer(inp).backward(grad)
+    torch.testing.assert_close(fast(x), ref(x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(xs[1].grad, xs[0].grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast.weight.grad, ref.weight.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast.bias.grad, ref.bias.grad, rtol=1e-5, atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast keeps nn.Linear's own (oneDNN bf16) path
+        assert fast(x).dtype == torch.bfloat16
+
+
+def test_onednn_swap_keeps_parameter_names_digest_and_flop_count():
+    from mixerlab.costs import count_flops
+    from mixerlab.onednn_linear import use_onednn_linear
+
+    model = build_backbone(compose_config([]))
+    keys, digest, flops = list(model.state_dict()), weights_sha256(model), count_flops(model, 16, 1)
+    linears = sum(type(m) is torch.nn.Linear for m in model.modules())
+    assert use_onednn_linear(model) == linears > 0
+    assert list(model.state_dict()) == keys and weights_sha256(model) == digest
+    assert count_flops(model, 16, 1) == flops  # the oneDNN op has a FLOP formula too
