@@ -41,15 +41,13 @@ from mixers.contract import ConfigError
 DIGIT = 8  # native scikit-learn digit size (pixels)
 
 
-@dataclass(frozen=True)
 class DigitBank:
     """The source images one split may use, indexed by class."""
 
-    images: np.ndarray  # (n, 8, 8) uint8
-    labels: np.ndarray  # (n,) int64
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "by_class", [np.flatnonzero(self.labels == c) for c in range(10)])
+    def __init__(self, images: np.ndarray, labels: np.ndarray) -> None:
+        self.images = images  # (n, 8, 8) uint8
+        self.labels = labels  # (n,) int64
+        self.by_class = [np.flatnonzero(labels == c) for c in range(10)]
 
     def draw(self, rng: np.random.Generator, digit: int, count: int = 1) -> list[np.ndarray]:
         """``count`` different source images of class ``digit``."""

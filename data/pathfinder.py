@@ -12,8 +12,8 @@ disconnected sample B is placed so that its marker lies as far from A's marker a
 the distance between the markers does not give the label away (without this, a depth-4 decision tree on
 that distance alone scores 89% on the default setting).
 
-A path is a walk of ``path_length`` one-pixel steps whose heading turns by N(0, curvature) each step;
-it is drawn as dashes (``dash`` pixels on, ``gap`` off) from a random phase. Difficulty grows with
+A path is a smooth random walk ``path_length`` pixels long whose heading turns by N(0, curvature) radians
+per pixel; it is drawn as dashes (``dash`` pixels on, ``gap`` off) from a random phase. Difficulty grows with
 ``path_length`` and ``num_distractors``.
 
 The set is generated once per setting and cached as ``<cache_dir>/<settings hash>.npz`` (written
@@ -42,6 +42,7 @@ from mixers.contract import ConfigError
 
 GENERATOR_VERSION = 2  # bump when the drawing changes, so old caches are not reused
 PLACE_TRIES = 256  # random positions tried for one path before the sample starts over
+RESTARTS = 200  # samples started over before the setting is declared too crowded
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,7 @@ def draw_sample(rng: np.random.Generator, settings: PathfinderSettings, label: i
     """One (size, size) uint8 image with the given label (1: the markers are connected)."""
     s = settings
     half = s.marker // 2
-    while True:  # a crowded canvas can leave no room for the next path: start over
+    for _ in range(RESTARTS):  # a crowded canvas can leave no room for the next path: start over
         blocked = np.zeros((s.img_size + 2, s.img_size + 2), dtype=bool)
         paths: list[np.ndarray] = []
         marked: list[np.ndarray] = []  # marker centres
@@ -165,6 +166,11 @@ def draw_sample(rng: np.random.Generator, settings: PathfinderSettings, label: i
                 marked.append(path[end])
         if len(paths) == 2 + s.num_distractors:
             break
+    else:
+        raise ConfigError(
+            f"data.path_length={s.path_length} with data.num_distractors={s.num_distractors} does not fit "
+            f"on a {s.img_size}x{s.img_size} canvas: use shorter paths, fewer distractors or data.img_size=64"
+        )
 
     image = np.zeros((s.img_size, s.img_size), dtype=np.uint8)
     period = s.dash + s.gap
@@ -253,6 +259,8 @@ class PathfinderDataModule(ImageDataModule):
             dataset_seed=dataset_seed,
         )
         self.settings.check()
+        for label in (0, 1):  # a setting too crowded to draw fails now, not after minutes of generating
+            draw_sample(np.random.default_rng(label), self.settings, label)
         super().__init__(
             img_size=img_size, in_chans=1, num_classes=2, batch_size=batch_size, mean=mean, std=std, **kwargs
         )
