@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Sequence
 
 import lightning as L
@@ -10,6 +11,17 @@ from torch.utils.data import DataLoader, Dataset
 
 from data.sampling import EpochSampler
 from mixers.contract import ConfigError
+
+
+def ignore_job_signals(worker_id: int) -> None:
+    """Loader workers leave SLURM's and submitit's preemption signals (USR1, USR2) to the main process.
+
+    Their default action is to terminate: a worker that dies first turns a clean requeue into a
+    "DataLoader worker exited unexpectedly" failure. Augmentation seeds come per sample (data/sampling.py),
+    so workers need no seeding of their own.
+    """
+    for sig in (signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 class ImageDataModule(L.LightningDataModule):
@@ -117,6 +129,7 @@ class ImageDataModule(L.LightningDataModule):
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.persistent_workers,
             drop_last=train,
+            worker_init_fn=ignore_job_signals,
         )
 
     def _resume_sampler(self, sampler: EpochSampler, world: int) -> None:
