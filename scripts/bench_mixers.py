@@ -16,7 +16,10 @@ The last stdout line is the headline JSON.
 
 Peak memory: on CUDA, ``torch.cuda.max_memory_allocated``; on CPU, the rise of the process's peak
 resident set (Linux ``VmHWM``, reset through ``/proc/self/clear_refs``) over the resident set before the
-pass, with glibc's mmap threshold pinned so freed tensors go back to the system.
+pass. The reported CPU figure comes from one extra pass per point after all timings, with glibc's mmap
+threshold pinned so that freed tensors go back to the system (pinned earlier, the page faults it causes
+would slow allocation-heavy mixers and bias their times); during timing, an unpinned estimate from the
+warm-up pass only decides which larger points to skip.
 """
 
 from __future__ import annotations
@@ -64,8 +67,9 @@ class PeakMemory:
 
     _pinned = False
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, exact: bool = False) -> None:
         self.device = device
+        self.exact = exact
         self.mb: float | None = None
 
     def __enter__(self) -> PeakMemory:
@@ -74,7 +78,8 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats()
             self._base = torch.cuda.memory_allocated()
         else:
-            self._pin_mmap_threshold()
+            if self.exact:
+                self._pin_mmap_threshold()
             self._base = self._proc_kb("VmRSS")
             try:
                 Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
@@ -122,37 +127,53 @@ def mixer_factories(names: list[str], heads: int) -> dict:
     return factories
 
 
+def fwd_bwd(module: torch.nn.Module, x: torch.Tensor) -> None:
+    x.grad = None
+    module.zero_grad(set_to_none=True)
+    module(x).sum().backward()
+    if x.is_cuda:
+        torch.cuda.synchronize()
+
+
 def time_fwd_bwd(module: torch.nn.Module, x: torch.Tensor, repeats: int) -> tuple[float, float | None]:
-    """Median seconds of forward+backward over ``repeats`` passes after one warm-up; peak MB of one pass."""
-
-    def step() -> None:
-        x.grad = None
-        module.zero_grad(set_to_none=True)
-        module(x).sum().backward()
-        if x.is_cuda:
-            torch.cuda.synchronize()
-
+    """Median seconds of forward+backward over ``repeats`` passes after one warm-up; rough peak MB."""
     with PeakMemory(x.device) as memory:
-        step()
+        fwd_bwd(module, x)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        step()
+        fwd_bwd(module, x)
         times.append(time.perf_counter() - start)
     return statistics.median(times), memory.mb
+
+
+def build(factories: dict, name: str, grid: int, args: argparse.Namespace):
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    layout = TokenLayout(grid=(grid, grid), num_prefix=0)
+    module = factories[name](dim=args.dim, layout=layout, layer_index=0, num_layers=1).to(device)
+    x = torch.randn(args.batch, grid * grid, args.dim, device=device, requires_grad=True)
+    return module, x
+
+
+def measure_memory(factories: dict, points: list[Point], args: argparse.Namespace) -> None:
+    """Replace each timed point's rough peak by one pass under exact accounting (after all timings)."""
+    for point in points:
+        if point.status == "ok":
+            module, x = build(factories, point.mixer, point.grid, args)
+            fwd_bwd(module, x)  # first-call allocations (caches, masks) are not part of the steady state
+            with PeakMemory(x.device, exact=True) as memory:
+                fwd_bwd(module, x)
+            point.peak_mb = memory.mb
+            del module, x
 
 
 def paired_ratio(factories: dict, a: str, b: str, grid: int, args: argparse.Namespace) -> float | None:
     """Median over alternating passes of time(b) / time(a) at one grid size."""
     if a not in factories or b not in factories:
         return None
-    device = torch.device(args.device)
-    layout = TokenLayout(grid=(grid, grid), num_prefix=0)
-    torch.manual_seed(0)
-    modules = [
-        factories[n](dim=args.dim, layout=layout, layer_index=0, num_layers=1).to(device) for n in (a, b)
-    ]
-    x = torch.randn(args.batch, grid * grid, args.dim, device=device, requires_grad=True)
+    (module_a, x), (module_b, _) = build(factories, a, grid, args), build(factories, b, grid, args)
+    modules = [module_a, module_b]
     ratios = []
     for i in range(args.pair_repeats + 1):
         seconds = [time_fwd_bwd(module, x, 1)[0] for module in modules]
@@ -186,7 +207,6 @@ def fit_exponent(points: list[Point], min_tokens: int) -> float | None:
 def run(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
     names = args.mixers or sorted(p.stem for p in (CONF_DIR / "mixer").glob("*.yaml")) + list(VARIANTS)
     factories = mixer_factories(names, args.heads)
     points: list[Point] = []
@@ -202,22 +222,19 @@ def run(args: argparse.Namespace) -> dict:
             elif memory_guess and memory_guess > args.max_memory_gb * 1024:
                 point.status = f"skipped: predicted {memory_guess / 1024:.1f} GB"
             else:
-                torch.manual_seed(0)
                 try:
-                    layout = TokenLayout(grid=(grid, grid), num_prefix=0)
-                    module = factories[name](dim=args.dim, layout=layout, layer_index=0, num_layers=1).to(
-                        device
-                    )
-                    x = torch.randn(args.batch, tokens, args.dim, device=device, requires_grad=True)
+                    module, x = build(factories, name, grid, args)
                     point.seconds, point.peak_mb = time_fwd_bwd(module, x, args.repeats)
                     del module, x
                 except (RuntimeError, MemoryError) as error:  # out of memory, or a mixer's own limit
                     point.status = f"failed: {type(error).__name__}: {str(error).splitlines()[0][:120]}"
             mine.append(point)
             shown = f"{point.seconds * 1e3:10.2f} ms" if point.seconds is not None else point.status
-            memory = f"{point.peak_mb:9.1f} MB" if point.peak_mb is not None else ""
-            print(f"{name:22s} {grid:4d}x{grid:<4d} {tokens:6d} tokens  {shown} {memory}", flush=True)
+            print(f"{name:22s} {grid:4d}x{grid:<4d} {tokens:6d} tokens  {shown}", flush=True)
         points += mine
+    grid = 56 if 56 in args.grids else max(args.grids)
+    ratio = paired_ratio(factories, "attention", "fibottention_sparse", grid, args)
+    measure_memory(factories, points, args)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -230,8 +247,6 @@ def run(args: argparse.Namespace) -> dict:
     }
     plot(points, exponents, out / "mixers.png", args)
     (out / "mixers.md").write_text(markdown_table(points, exponents, args))
-    grid = 56 if 56 in args.grids else max(args.grids)
-    ratio = paired_ratio(factories, "attention", "fibottention_sparse", grid, args)
     return headline(points, exponents, ratio, grid, args, out)
 
 
