@@ -5,7 +5,8 @@
 
 Every mixer in ``conf/mixer/`` (plus Fibottention's ``sparse`` variant) is built from its yaml at a fixed
 width (``--dim``, ``--heads``) on a square patch grid without CLS token, and timed on one random batch
-(``--batch``): one warm-up, then the median of ``--repeats`` forward+backward passes. Points predicted to
+(``--batch``): one warm-up, then the median of at least ``--repeats`` forward+backward passes, more for
+fast points until ``--min-seconds`` of timed passes have run. Points predicted to
 exceed ``--max-memory-gb`` or ``--max-seconds`` (extrapolated from the mixer's last two points) are
 skipped and recorded as such. The headline ratio of sparse Fibottention to dense attention is timed
 side by side, alternating the two ``--pair-repeats`` times (median of the per-pair ratios), so load from
@@ -14,12 +15,10 @@ other processes hits both alike. Writes ``mixers.csv``, ``mixers.md`` (the same 
 least-squares slope of log time vs log tokens over the points with at least ``--fit-min-tokens`` tokens.
 The last stdout line is the headline JSON.
 
-Peak memory: on CUDA, ``torch.cuda.max_memory_allocated``; on CPU, the rise of the process's peak
-resident set (Linux ``VmHWM``, reset through ``/proc/self/clear_refs``) over the resident set before the
-pass. The reported CPU figure comes from one extra pass per point after all timings, with glibc's mmap
-threshold pinned so that freed tensors go back to the system (pinned earlier, the page faults it causes
-would slow allocation-heavy mixers and bias their times); during timing, an unpinned estimate from the
-warm-up pass only decides which larger points to skip.
+Peak memory (of the warm-up pass): on CUDA, ``torch.cuda.max_memory_allocated``; on CPU, the rise of the
+process's peak resident set (Linux ``VmHWM``, reset through ``/proc/self/clear_refs``) over the resident
+set just before the pass, after ``malloc_trim(0)`` has handed glibc's free heap pages back to the system,
+so that memory the pass reuses from earlier points is counted again when it is touched.
 """
 
 from __future__ import annotations
@@ -28,6 +27,7 @@ import argparse
 import csv
 import ctypes
 import datetime
+import gc
 import json
 import math
 import platform
@@ -65,11 +65,8 @@ class Point:
 class PeakMemory:
     """Peak extra memory of a region, in MB (None where it cannot be measured)."""
 
-    _pinned = False
-
-    def __init__(self, device: torch.device, exact: bool = False) -> None:
+    def __init__(self, device: torch.device) -> None:
         self.device = device
-        self.exact = exact
         self.mb: float | None = None
 
     def __enter__(self) -> PeakMemory:
@@ -77,14 +74,17 @@ class PeakMemory:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             self._base = torch.cuda.memory_allocated()
-        else:
-            if self.exact:
-                self._pin_mmap_threshold()
-            self._base = self._proc_kb("VmRSS")
-            try:
-                Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-            except OSError:
-                self._base = None
+            return self
+        gc.collect()
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+        self._base = self._proc_kb("VmRSS")
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+        except OSError:
+            self._base = None
         return self
 
     def __exit__(self, *exc) -> None:
@@ -105,18 +105,6 @@ class PeakMemory:
             pass
         return None
 
-    @classmethod
-    def _pin_mmap_threshold(cls) -> None:
-        # glibc raises its mmap threshold after large frees, after which freed tensors stay in the heap and
-        # the resident set stops tracking live memory; a fixed threshold keeps large blocks on mmap.
-        if cls._pinned:
-            return
-        cls._pinned = True
-        try:
-            ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
-        except (OSError, AttributeError):
-            pass
-
 
 def mixer_factories(names: list[str], heads: int) -> dict:
     factories = {}
@@ -135,12 +123,14 @@ def fwd_bwd(module: torch.nn.Module, x: torch.Tensor) -> None:
         torch.cuda.synchronize()
 
 
-def time_fwd_bwd(module: torch.nn.Module, x: torch.Tensor, repeats: int) -> tuple[float, float | None]:
-    """Median seconds of forward+backward over ``repeats`` passes after one warm-up; rough peak MB."""
+def time_fwd_bwd(
+    module: torch.nn.Module, x: torch.Tensor, repeats: int, min_seconds: float = 0.0
+) -> tuple[float, float | None]:
+    """Median seconds of forward+backward after one warm-up pass, and the warm-up's peak MB."""
     with PeakMemory(x.device) as memory:
         fwd_bwd(module, x)
-    times = []
-    for _ in range(repeats):
+    times: list[float] = []
+    while len(times) < repeats or (sum(times) < min_seconds and len(times) < 100):
         start = time.perf_counter()
         fwd_bwd(module, x)
         times.append(time.perf_counter() - start)
@@ -154,18 +144,6 @@ def build(factories: dict, name: str, grid: int, args: argparse.Namespace):
     module = factories[name](dim=args.dim, layout=layout, layer_index=0, num_layers=1).to(device)
     x = torch.randn(args.batch, grid * grid, args.dim, device=device, requires_grad=True)
     return module, x
-
-
-def measure_memory(factories: dict, points: list[Point], args: argparse.Namespace) -> None:
-    """Replace each timed point's rough peak by one pass under exact accounting (after all timings)."""
-    for point in points:
-        if point.status == "ok":
-            module, x = build(factories, point.mixer, point.grid, args)
-            fwd_bwd(module, x)  # first-call allocations (caches, masks) are not part of the steady state
-            with PeakMemory(x.device, exact=True) as memory:
-                fwd_bwd(module, x)
-            point.peak_mb = memory.mb
-            del module, x
 
 
 def paired_ratio(factories: dict, a: str, b: str, grid: int, args: argparse.Namespace) -> float | None:
@@ -182,9 +160,10 @@ def paired_ratio(factories: dict, a: str, b: str, grid: int, args: argparse.Name
     return statistics.median(ratios) if ratios else None
 
 
-def predicted(points: list[Point], tokens: int, field: str) -> float | None:
-    """Extrapolate a field to ``tokens`` from the mixer's last two measured points (exponent >= 1)."""
-    measured = [p for p in points if p.status == "ok" and getattr(p, field)]
+def predicted(points: list[Point], tokens: int, field: str, floor: float = 0.0) -> float | None:
+    """Extrapolate a field to ``tokens`` from the mixer's last two points above ``floor`` (where it is
+    measurable), with the exponent between them clamped to [1, 2.5] (2 with a single point)."""
+    measured = [p for p in points if p.status == "ok" and (getattr(p, field) or 0) > floor]
     if not measured:
         return None
     last = measured[-1]
@@ -192,7 +171,7 @@ def predicted(points: list[Point], tokens: int, field: str) -> float | None:
     if len(measured) >= 2:
         prev = measured[-2]
         exponent = math.log(getattr(last, field) / getattr(prev, field)) / math.log(last.tokens / prev.tokens)
-    return getattr(last, field) * (tokens / last.tokens) ** max(1.0, exponent)
+    return getattr(last, field) * (tokens / last.tokens) ** min(2.5, max(1.0, exponent))
 
 
 def fit_exponent(points: list[Point], min_tokens: int) -> float | None:
@@ -216,7 +195,7 @@ def run(args: argparse.Namespace) -> dict:
             tokens = grid * grid
             point = Point(name, grid, tokens, None, None, "ok")
             time_guess = predicted(mine, tokens, "seconds")
-            memory_guess = predicted(mine, tokens, "peak_mb")
+            memory_guess = predicted(mine, tokens, "peak_mb", floor=8.0)  # page-level noise below
             if time_guess and time_guess * (args.repeats + 1) > args.max_seconds:
                 point.status = f"skipped: predicted {time_guess:.1f} s per pass"
             elif memory_guess and memory_guess > args.max_memory_gb * 1024:
@@ -224,17 +203,17 @@ def run(args: argparse.Namespace) -> dict:
             else:
                 try:
                     module, x = build(factories, name, grid, args)
-                    point.seconds, point.peak_mb = time_fwd_bwd(module, x, args.repeats)
+                    point.seconds, point.peak_mb = time_fwd_bwd(module, x, args.repeats, args.min_seconds)
                     del module, x
                 except (RuntimeError, MemoryError) as error:  # out of memory, or a mixer's own limit
                     point.status = f"failed: {type(error).__name__}: {str(error).splitlines()[0][:120]}"
             mine.append(point)
             shown = f"{point.seconds * 1e3:10.2f} ms" if point.seconds is not None else point.status
-            print(f"{name:22s} {grid:4d}x{grid:<4d} {tokens:6d} tokens  {shown}", flush=True)
+            memory = f"{point.peak_mb:9.1f} MB" if point.peak_mb is not None else ""
+            print(f"{name:22s} {grid:4d}x{grid:<4d} {tokens:6d} tokens  {shown} {memory}", flush=True)
         points += mine
     grid = 56 if 56 in args.grids else max(args.grids)
     ratio = paired_ratio(factories, "attention", "fibottention_sparse", grid, args)
-    measure_memory(factories, points, args)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -327,7 +306,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dim", type=int, default=192, help="width (default 192, DeiT-Ti)")
     parser.add_argument("--heads", type=int, default=3, help="heads for attention-like mixers (default 3)")
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="timed passes per point, at least")
+    parser.add_argument("--min-seconds", type=float, default=1.0, help="keep timing fast points this long")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--max-memory-gb", type=float, default=4.0, help="skip points predicted above this")
@@ -340,6 +320,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.smoke:
         args.grids = args.grids or list(SMOKE_GRIDS)
         args.dim, args.heads, args.repeats, args.fit_min_tokens, args.pair_repeats = 32, 2, 1, 1, 1
+        args.min_seconds = 0.0
     args.grids = sorted(args.grids or FULL_GRIDS)
     return args
 
