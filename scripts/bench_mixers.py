@@ -257,11 +257,14 @@ def plot(points: list[Point], exponents: dict, path: Path, args: argparse.Namesp
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5.5))
-    for name, exponent in exponents.items():
+    for i, (name, exponent) in enumerate(exponents.items()):
         mine = [p for p in points if p.mixer == name and p.status == "ok"]
         if mine:
             label = f"{name} (slope {exponent:.2f})" if exponent is not None else name
-            ax.plot([p.tokens for p in mine], [p.seconds * 1e3 for p in mine], marker="o", label=label)
+            style = {"color": f"C{i % 10}", "linestyle": "-" if i < 10 else "--"}  # 11+ lines: dashes
+            ax.plot(
+                [p.tokens for p in mine], [p.seconds * 1e3 for p in mine], marker="o", label=label, **style
+            )
     ax.set(xscale="log", yscale="log", xlabel="tokens (grid h x w)", ylabel="forward+backward time (ms)")
     ax.set_title(
         f"Token mixers alone: width {args.dim}, {args.heads} heads, batch {args.batch}, {args.device}"
