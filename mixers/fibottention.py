@@ -128,7 +128,7 @@ class Fibottention(nn.Module):
         dim: int,
         layout: TokenLayout,
         num_heads: int = 8,
-        variant: str = "sparse",
+        variant: str = "faithful",
         sparse_backend: str = "auto",
         wmin: int = 5,
         wmax: int | None = None,

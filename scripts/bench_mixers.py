@@ -5,7 +5,8 @@
 
 Every mixer in ``conf/mixer/`` (plus Fibottention's ``sparse`` variant) is built from its yaml at a fixed
 width (``--dim``, ``--heads``) on a square patch grid without CLS token, and timed on one random batch
-(``--batch``): one warm-up, then the median of ``--repeats`` forward+backward passes. Points predicted to
+(``--batch``): one warm-up, then the median of at least ``--repeats`` forward+backward passes, more for
+fast points until ``--min-seconds`` of timed passes have run. Points predicted to
 exceed ``--max-memory-gb`` or ``--max-seconds`` (extrapolated from the mixer's last two points) are
 skipped and recorded as such. The headline ratio of sparse Fibottention to dense attention is timed
 side by side, alternating the two ``--pair-repeats`` times (median of the per-pair ratios), so load from
@@ -14,9 +15,10 @@ other processes hits both alike. Writes ``mixers.csv``, ``mixers.md`` (the same 
 least-squares slope of log time vs log tokens over the points with at least ``--fit-min-tokens`` tokens.
 The last stdout line is the headline JSON.
 
-Peak memory: on CUDA, ``torch.cuda.max_memory_allocated``; on CPU, the rise of the process's peak
-resident set (Linux ``VmHWM``, reset through ``/proc/self/clear_refs``) over the resident set before the
-pass, with glibc's mmap threshold pinned so freed tensors go back to the system.
+Peak memory (of the warm-up pass): on CUDA, ``torch.cuda.max_memory_allocated``; on CPU, the rise of the
+process's peak resident set (Linux ``VmHWM``, reset through ``/proc/self/clear_refs``) over the resident
+set just before the pass, after ``malloc_trim(0)`` has handed glibc's free heap pages back to the system,
+so that memory the pass reuses from earlier points is counted again when it is touched.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import argparse
 import csv
 import ctypes
 import datetime
+import gc
 import json
 import math
 import platform
@@ -62,8 +65,6 @@ class Point:
 class PeakMemory:
     """Peak extra memory of a region, in MB (None where it cannot be measured)."""
 
-    _pinned = False
-
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.mb: float | None = None
@@ -73,13 +74,17 @@ class PeakMemory:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             self._base = torch.cuda.memory_allocated()
-        else:
-            self._pin_mmap_threshold()
-            self._base = self._proc_kb("VmRSS")
-            try:
-                Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-            except OSError:
-                self._base = None
+            return self
+        gc.collect()
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+        self._base = self._proc_kb("VmRSS")
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+        except OSError:
+            self._base = None
         return self
 
     def __exit__(self, *exc) -> None:
@@ -100,18 +105,6 @@ class PeakMemory:
             pass
         return None
 
-    @classmethod
-    def _pin_mmap_threshold(cls) -> None:
-        # glibc raises its mmap threshold after large frees, after which freed tensors stay in the heap and
-        # the resident set stops tracking live memory; a fixed threshold keeps large blocks on mmap.
-        if cls._pinned:
-            return
-        cls._pinned = True
-        try:
-            ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
-        except (OSError, AttributeError):
-            pass
-
 
 def mixer_factories(names: list[str], heads: int) -> dict:
     factories = {}
@@ -122,37 +115,43 @@ def mixer_factories(names: list[str], heads: int) -> dict:
     return factories
 
 
-def time_fwd_bwd(module: torch.nn.Module, x: torch.Tensor, repeats: int) -> tuple[float, float | None]:
-    """Median seconds of forward+backward over ``repeats`` passes after one warm-up; peak MB of one pass."""
+def fwd_bwd(module: torch.nn.Module, x: torch.Tensor) -> None:
+    x.grad = None
+    module.zero_grad(set_to_none=True)
+    module(x).sum().backward()
+    if x.is_cuda:
+        torch.cuda.synchronize()
 
-    def step() -> None:
-        x.grad = None
-        module.zero_grad(set_to_none=True)
-        module(x).sum().backward()
-        if x.is_cuda:
-            torch.cuda.synchronize()
 
+def time_fwd_bwd(
+    module: torch.nn.Module, x: torch.Tensor, repeats: int, min_seconds: float = 0.0
+) -> tuple[float, float | None]:
+    """Median seconds of forward+backward after one warm-up pass, and the warm-up's peak MB."""
     with PeakMemory(x.device) as memory:
-        step()
-    times = []
-    for _ in range(repeats):
+        fwd_bwd(module, x)
+    times: list[float] = []
+    while len(times) < repeats or (sum(times) < min_seconds and len(times) < 100):
         start = time.perf_counter()
-        step()
+        fwd_bwd(module, x)
         times.append(time.perf_counter() - start)
     return statistics.median(times), memory.mb
+
+
+def build(factories: dict, name: str, grid: int, args: argparse.Namespace):
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    layout = TokenLayout(grid=(grid, grid), num_prefix=0)
+    module = factories[name](dim=args.dim, layout=layout, layer_index=0, num_layers=1).to(device)
+    x = torch.randn(args.batch, grid * grid, args.dim, device=device, requires_grad=True)
+    return module, x
 
 
 def paired_ratio(factories: dict, a: str, b: str, grid: int, args: argparse.Namespace) -> float | None:
     """Median over alternating passes of time(b) / time(a) at one grid size."""
     if a not in factories or b not in factories:
         return None
-    device = torch.device(args.device)
-    layout = TokenLayout(grid=(grid, grid), num_prefix=0)
-    torch.manual_seed(0)
-    modules = [
-        factories[n](dim=args.dim, layout=layout, layer_index=0, num_layers=1).to(device) for n in (a, b)
-    ]
-    x = torch.randn(args.batch, grid * grid, args.dim, device=device, requires_grad=True)
+    (module_a, x), (module_b, _) = build(factories, a, grid, args), build(factories, b, grid, args)
+    modules = [module_a, module_b]
     ratios = []
     for i in range(args.pair_repeats + 1):
         seconds = [time_fwd_bwd(module, x, 1)[0] for module in modules]
@@ -161,9 +160,10 @@ def paired_ratio(factories: dict, a: str, b: str, grid: int, args: argparse.Name
     return statistics.median(ratios) if ratios else None
 
 
-def predicted(points: list[Point], tokens: int, field: str) -> float | None:
-    """Extrapolate a field to ``tokens`` from the mixer's last two measured points (exponent >= 1)."""
-    measured = [p for p in points if p.status == "ok" and getattr(p, field)]
+def predicted(points: list[Point], tokens: int, field: str, floor: float = 0.0) -> float | None:
+    """Extrapolate a field to ``tokens`` from the mixer's last two points above ``floor`` (where it is
+    measurable), with the exponent between them clamped to [1, 2.5] (2 with a single point)."""
+    measured = [p for p in points if p.status == "ok" and (getattr(p, field) or 0) > floor]
     if not measured:
         return None
     last = measured[-1]
@@ -171,7 +171,7 @@ def predicted(points: list[Point], tokens: int, field: str) -> float | None:
     if len(measured) >= 2:
         prev = measured[-2]
         exponent = math.log(getattr(last, field) / getattr(prev, field)) / math.log(last.tokens / prev.tokens)
-    return getattr(last, field) * (tokens / last.tokens) ** max(1.0, exponent)
+    return getattr(last, field) * (tokens / last.tokens) ** min(2.5, max(1.0, exponent))
 
 
 def fit_exponent(points: list[Point], min_tokens: int) -> float | None:
@@ -186,7 +186,6 @@ def fit_exponent(points: list[Point], min_tokens: int) -> float | None:
 def run(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
     names = args.mixers or sorted(p.stem for p in (CONF_DIR / "mixer").glob("*.yaml")) + list(VARIANTS)
     factories = mixer_factories(names, args.heads)
     points: list[Point] = []
@@ -196,20 +195,15 @@ def run(args: argparse.Namespace) -> dict:
             tokens = grid * grid
             point = Point(name, grid, tokens, None, None, "ok")
             time_guess = predicted(mine, tokens, "seconds")
-            memory_guess = predicted(mine, tokens, "peak_mb")
+            memory_guess = predicted(mine, tokens, "peak_mb", floor=8.0)  # page-level noise below
             if time_guess and time_guess * (args.repeats + 1) > args.max_seconds:
                 point.status = f"skipped: predicted {time_guess:.1f} s per pass"
             elif memory_guess and memory_guess > args.max_memory_gb * 1024:
                 point.status = f"skipped: predicted {memory_guess / 1024:.1f} GB"
             else:
-                torch.manual_seed(0)
                 try:
-                    layout = TokenLayout(grid=(grid, grid), num_prefix=0)
-                    module = factories[name](dim=args.dim, layout=layout, layer_index=0, num_layers=1).to(
-                        device
-                    )
-                    x = torch.randn(args.batch, tokens, args.dim, device=device, requires_grad=True)
-                    point.seconds, point.peak_mb = time_fwd_bwd(module, x, args.repeats)
+                    module, x = build(factories, name, grid, args)
+                    point.seconds, point.peak_mb = time_fwd_bwd(module, x, args.repeats, args.min_seconds)
                     del module, x
                 except (RuntimeError, MemoryError) as error:  # out of memory, or a mixer's own limit
                     point.status = f"failed: {type(error).__name__}: {str(error).splitlines()[0][:120]}"
@@ -218,6 +212,8 @@ def run(args: argparse.Namespace) -> dict:
             memory = f"{point.peak_mb:9.1f} MB" if point.peak_mb is not None else ""
             print(f"{name:22s} {grid:4d}x{grid:<4d} {tokens:6d} tokens  {shown} {memory}", flush=True)
         points += mine
+    grid = 56 if 56 in args.grids else max(args.grids)
+    ratio = paired_ratio(factories, "attention", "fibottention_sparse", grid, args)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -230,8 +226,6 @@ def run(args: argparse.Namespace) -> dict:
     }
     plot(points, exponents, out / "mixers.png", args)
     (out / "mixers.md").write_text(markdown_table(points, exponents, args))
-    grid = 56 if 56 in args.grids else max(args.grids)
-    ratio = paired_ratio(factories, "attention", "fibottention_sparse", grid, args)
     return headline(points, exponents, ratio, grid, args, out)
 
 
@@ -263,11 +257,14 @@ def plot(points: list[Point], exponents: dict, path: Path, args: argparse.Namesp
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5.5))
-    for name, exponent in exponents.items():
+    for i, (name, exponent) in enumerate(exponents.items()):
         mine = [p for p in points if p.mixer == name and p.status == "ok"]
         if mine:
             label = f"{name} (slope {exponent:.2f})" if exponent is not None else name
-            ax.plot([p.tokens for p in mine], [p.seconds * 1e3 for p in mine], marker="o", label=label)
+            style = {"color": f"C{i % 10}", "linestyle": "-" if i < 10 else "--"}  # 11+ lines: dashes
+            ax.plot(
+                [p.tokens for p in mine], [p.seconds * 1e3 for p in mine], marker="o", label=label, **style
+            )
     ax.set(xscale="log", yscale="log", xlabel="tokens (grid h x w)", ylabel="forward+backward time (ms)")
     ax.set_title(
         f"Token mixers alone: width {args.dim}, {args.heads} heads, batch {args.batch}, {args.device}"
@@ -312,7 +309,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dim", type=int, default=192, help="width (default 192, DeiT-Ti)")
     parser.add_argument("--heads", type=int, default=3, help="heads for attention-like mixers (default 3)")
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="timed passes per point, at least")
+    parser.add_argument("--min-seconds", type=float, default=1.0, help="keep timing fast points this long")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--max-memory-gb", type=float, default=4.0, help="skip points predicted above this")
@@ -325,6 +323,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.smoke:
         args.grids = args.grids or list(SMOKE_GRIDS)
         args.dim, args.heads, args.repeats, args.fit_min_tokens, args.pair_repeats = 32, 2, 1, 1, 1
+        args.min_seconds = 0.0
     args.grids = sorted(args.grids or FULL_GRIDS)
     return args
 

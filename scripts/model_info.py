@@ -45,8 +45,8 @@ def model_info(overrides: list[str]) -> dict:
         info["flops_note"] = (
             "torch.utils.flop_counter has no FFT formulas; FFT FLOPs of "
             + ", ".join(flops["analytic_from"])
-            + " are counted analytically (2.5 n log2 n per real-input transform of n points; see their"
-            " extra_flops docstrings)"
+            + " are counted analytically (2.5 n log2 n per real-input transform of n points; see the"
+            " mixers' module docstrings)"
         )
     return info
 
