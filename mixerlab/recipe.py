@@ -197,8 +197,17 @@ class Recipe(L.LightningModule):
             return None  # Lightning skips backward and the update for this batch
         self.train_loss.update(loss.detach())
         self._epoch_images += images.shape[0]
-        self.log("loss", loss.detach(), prog_bar=True, logger=False)
+        if self._bar_redraws(batch_idx):
+            self.log("loss", loss.detach(), prog_bar=True, logger=False)
         return loss
+
+    def _bar_redraws(self, batch_idx: int) -> bool:
+        """Whether the progress bar shows this step: ``self.log`` costs ~5 ms a call (Lightning's result
+        metrics), 15% of a digits step, so the per-step loss is logged only for the steps the bar draws."""
+        bar = self.trainer.progress_bar_callback
+        every = getattr(bar, "refresh_rate", 1) if bar is not None and bar.is_enabled else 0
+        n = batch_idx + 1
+        return every > 0 and (n % every == 0 or n == self.trainer.num_training_batches)
 
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)
