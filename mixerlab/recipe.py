@@ -93,7 +93,8 @@ class Recipe(L.LightningModule):
         num_classes = backbone.num_classes
         mixup = dict(mixup or {})
         self.mixup_fn = None
-        if mixup.get("prob", 1.0) > 0 and (mixup.get("mixup_alpha", 0) > 0 or mixup.get("cutmix_alpha", 0) > 0):
+        mixing = mixup.get("mixup_alpha", 0) > 0 or mixup.get("cutmix_alpha", 0) > 0
+        if mixup.get("prob", 1.0) > 0 and mixing:
             self.mixup_fn = Mixup(label_smoothing=label_smoothing, num_classes=num_classes, **mixup)
             self.train_loss_fn: nn.Module = SoftTargetCrossEntropy()
         elif label_smoothing > 0:
@@ -113,7 +114,8 @@ class Recipe(L.LightningModule):
             }
         )
         if self.ema is not None:
-            self.ema_metrics = nn.ModuleDict({"top1": MulticlassAccuracy(num_classes, top_k=1, average="micro")})
+            ema_top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
+            self.ema_metrics = nn.ModuleDict({"top1": ema_top1})
         self.train_loss = MeanMetric()
         self.val_loss = MeanMetric()
         self.global_batch = 0

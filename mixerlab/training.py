@@ -133,8 +133,12 @@ def train(cfg: DictConfig) -> dict:
         ckpt_path = str(resume) if resume else None
         trainer.fit(recipe, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except BaseException as error:
-        summary.update(status=_stop_status(error), error=f"{type(error).__name__}: {error}",
-                       traceback=traceback.format_exc(limit=8), wall_s=round(time.perf_counter() - t_start, 2))
+        summary.update(
+            status=_stop_status(error),
+            error=f"{type(error).__name__}: {error}",
+            traceback=traceback.format_exc(limit=8),
+            wall_s=round(time.perf_counter() - t_start, 2),
+        )
         if trainer.is_global_zero:
             run.write_summary(summary)
             print(f"{summary['status'].upper()} {summary['mixer']} | {summary['error']} | run: {run.path}",
