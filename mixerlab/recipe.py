@@ -74,6 +74,7 @@ class Recipe(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["backbone"])
+        optimizer_impl_kwargs(opt_impl, opt, opt_kwargs)  # a bad recipe.opt_impl fails here, before any data
         self.backbone = backbone
         num_classes = backbone.num_classes
         mixup = dict(mixup or {})
