@@ -1,9 +1,10 @@
-"""The fast training path: compiled backbone, optimizer kernels, attention kernels, CPU threads, TF32.
+"""The fast training path: compile, GEMM/optimizer/attention kernels, CPU threads, TF32.
 
 Everything here changes how fast a step runs, never what it computes (up to floating-point reassociation):
-a compiled backbone keeps its parameter names, so checkpoints and ``weights_sha256`` are the same with
-or without ``torch.compile``. Options live in ``conf/fastpath/default.yaml``; precision stays
-``trainer.precision``. Each default is backed by a measurement in BENCHMARKS.md ("Training performance").
+a compiled backbone and a backbone whose Linear layers run on oneDNN (:mod:`mixerlab.onednn_linear`) keep
+their parameter names, so checkpoints and ``weights_sha256`` are the same either way. Options live in
+``conf/fastpath/default.yaml``; precision stays ``trainer.precision``. Each default is backed by a
+measurement in BENCHMARKS.md ("Training performance").
 """
 
 from __future__ import annotations

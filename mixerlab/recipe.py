@@ -89,6 +89,7 @@ class Recipe(L.LightningModule):
         if nan_policy not in NAN_POLICIES:
             raise ConfigError(f"recipe.nan_policy={nan_policy!r}: use one of {', '.join(NAN_POLICIES)}")
         self.save_hyperparameters(ignore=["backbone"])
+        optimizer_impl_kwargs(opt_impl, opt, opt_kwargs)  # a bad recipe.opt_impl fails here, before any data
         self.backbone = backbone
         num_classes = backbone.num_classes
         mixup = dict(mixup or {})

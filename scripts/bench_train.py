@@ -93,8 +93,10 @@ class StepLoop:
         targets: torch.Tensor,
         loss_fn: nn.Module,
         precision: str,
+        memory_base_mb: float = 0.0,
     ) -> None:
         self.name, self.model, self.optimizer = name, model, optimizer
+        self.memory_base_mb = memory_base_mb  # CUDA memory other things held before this model was built
         self.images, self.targets, self.loss_fn = images, targets, loss_fn
         self.autocast, needs_scaler = autocast_for(precision, images.device)
         self.scaler = torch.amp.GradScaler(images.device.type) if needs_scaler else None
@@ -121,7 +123,7 @@ class StepLoop:
         for _ in range(steps):
             self.step()
         synchronize(device)
-        self.peak_memory_mb = peak_memory_mb(device)
+        self.peak_memory_mb = peak_memory_mb(device) - (self.memory_base_mb if device.type == "cuda" else 0.0)
 
     def timed(self, steps: int) -> None:
         synchronize(self.images.device)
@@ -135,10 +137,14 @@ class StepLoop:
 
 
 def peak_memory_mb(device: torch.device) -> float:
-    """CUDA: peak allocated by this model's steps. CPU: the process's peak resident set so far."""
+    """CUDA: peak allocated since the last reset. CPU: the process's peak resident set so far."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def allocated_mb(device: torch.device) -> float:
+    return torch.cuda.memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0
 
 
 def alternate(loops: list[StepLoop], rounds: int, steps: int) -> None:
@@ -251,6 +257,7 @@ def model_vs_timm(cfg: DictConfig, args, device: torch.device, report: dict) -> 
     lr = float(cfg.recipe.lr)
     precision = str(cfg.trainer.precision)
 
+    base = allocated_mb(device)
     ours = build_backbone(cfg).to(device)
     flops = step_flops(ours, cfg, device) * batch
     applied = apply_fast_path(cfg.get("fastpath"), ours, num_workers=0)
@@ -264,11 +271,18 @@ def model_vs_timm(cfg: DictConfig, args, device: torch.device, report: dict) -> 
             targets,
             loss_fn,
             precision,
+            base,
         )
     ]
     loops[0].warm_up(args.warmup)  # before timm exists, so the CPU peak RSS is ours alone
     report.update(fast_path=applied, opt_impl=impl, params=count_parameters(ours))
+    report["peak_memory_note"] = (
+        "peak CUDA memory allocated in the model's warm-up, above what was allocated before it was built"
+        if device.type == "cuda"
+        else "process peak RSS after the model's warm-up (ours first, so timm's figure includes ours)"
+    )
     if args.compare_timm:
+        base = allocated_mb(device)
         timm_model, timm_name = timm_counterpart(cfg)
         timm_model = timm_model.to(device)
         timm_impl = impl if args.timm_like_ours else None
@@ -283,6 +297,7 @@ def model_vs_timm(cfg: DictConfig, args, device: torch.device, report: dict) -> 
                 targets,
                 loss_fn,
                 precision,
+                base,
             )
         )
         loops[1].warm_up(args.warmup)
