@@ -246,10 +246,12 @@ def test_export_of_training_epochs_matches_what_training_draws():
 # ---------------------------------------------------------------- the point of it all
 @pytest.mark.slow
 def test_attention_beats_identity_on_odd_one_out_after_a_short_run(train_run):
-    # 16,000 fresh samples each (~20 s per run on 2 idle cores): attention is near 30% by then, while a model
-    # that mixes no tokens cannot tell which digit is the odd one (chance 10%). mixer=identity is the zoo's.
+    # A depth-2 model and 16,000 fresh samples (~15 s per run on 2 idle cores). Measured here: attention
+    # 27.8%, identity 15.8% (chance 10%; a model that mixes no tokens cannot tell which digit is the odd
+    # one). mixer=identity is the zoo's.
     short = [
         "experiment=proxy_odd_one_out",
+        "backbone.depth=2",
         "data.samples_per_epoch=8000",
         "data.val_samples=500",
         "trainer.max_epochs=2",
@@ -261,4 +263,4 @@ def test_attention_beats_identity_on_odd_one_out_after_a_short_run(train_run):
     _, identity = train_run(*short, "mixer=identity")
     assert attention["status"] == identity["status"] == "completed"
     assert identity["top1"] < 20
-    assert attention["top1"] > identity["top1"] + 8
+    assert attention["top1"] > identity["top1"] + 6
