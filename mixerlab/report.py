@@ -459,14 +459,17 @@ class SweepReport:
     def markdown(self, out_dir: Path, plot_files: dict[str, Path]) -> str:
         lines = [f"# Sweep report: {', '.join(self.sweeps)}", "", self.status_line(), ""]
         lines += [f"- {line}" for line in self.answer_lines()] + [""]
-        lines += ["## Results", "", "| model | params | FLOPs | top-1 | config |", "|---|---:|---:|---:|---|"]
+        lines += ["## Results", "", "| model | params | FLOPs | top-1 | wall s | config |",
+                  "|---|---:|---:|---:|---:|---|"]
         for group in self.groups:
             first = group.runs[0]
             mean, std = group.stat("top1")
+            wall, wall_std = group.stat("wall_s")
             link = rel_link(first.config_path, out_dir)
             label = group.label if len(self.sweeps) == 1 else f"{group.sweep}: {group.label}"
             lines.append(f"| {label} | {si(first.value('params'))} | {si(first.value('flops'))} | "
                          f"{fmt_stat(mean, std, 2, len(group.runs))} | "
+                         f"{fmt_stat(wall, wall_std, 1, len(group.runs))} | "
                          f"{f'[config]({link})' if link else '—'} |")
         lines += ["", "## All runs", ""]
         heads = ["job", "status", *[t for _, t, _ in METRICS], "config"]

@@ -86,10 +86,10 @@ def test_answer_names_the_best_configuration_and_the_cheaper_one_close_to_it(wri
 def test_markdown_is_a_model_zoo_table(written):
     sweep, _, _, md = written
     lines = md.splitlines()
-    head = lines.index("| model | params | FLOPs | top-1 | config |")
-    assert lines[head + 2] == "| mixer=attention | 203K | 7M | 93.00 ± 2.00 (n=3) | " \
+    head = lines.index("| model | params | FLOPs | top-1 | wall s | config |")
+    assert lines[head + 2] == "| mixer=attention | 203K | 7M | 93.00 ± 2.00 (n=3) | 31.0 ± 1.0 (n=3) | " \
                               "[config](mixer=attention,seed=0/config.yaml) |"
-    assert lines[head + 3].startswith("| mixer=pooling | 186K | 4M | 92.50 |")
+    assert lines[head + 3].startswith("| mixer=pooling | 186K | 4M | 92.50 | 33.0 |")
     for plot in re.findall(r"!\[\w+\]\(([^)]+)\)", md):
         assert (sweep / plot).read_text().startswith("<svg")
 
