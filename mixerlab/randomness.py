@@ -14,6 +14,7 @@ so randomness outside training batches continues where it was too.
 
 from __future__ import annotations
 
+import functools
 import random
 from typing import Any
 
@@ -29,8 +30,20 @@ def step_seed(seed: int, epoch: int, batch_idx: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, batch_idx, rank]).generate_state(1)[0])
 
 
+@functools.cache
+def _mps_available() -> bool:
+    return torch.backends.mps.is_available()
+
+
 def seed_all(seed: int) -> None:
-    torch.manual_seed(seed)  # CPU and every CUDA device
+    """Seed torch (CPU, and CUDA / MPS where in use), numpy and ``random``: what ``torch.manual_seed`` does
+    for the devices in use, without its lazy seeding of CUDA devices not yet initialised, which formats the
+    caller's stack each time (0.15-0.5 ms a training step, more the deeper Lightning's stack)."""
+    torch.random.default_generator.manual_seed(seed)
+    if torch.cuda.is_initialized():  # a model on a GPU has initialised CUDA before its first batch
+        torch.cuda.manual_seed_all(seed)
+    if _mps_available():
+        torch.mps.manual_seed(seed)
     np.random.seed(seed)
     random.seed(seed)
 

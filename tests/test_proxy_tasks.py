@@ -264,3 +264,33 @@ def test_attention_beats_identity_on_odd_one_out_after_a_short_run(train_run):
     assert attention["status"] == identity["status"] == "completed"
     assert identity["top1"] < 20
     assert attention["top1"] > identity["top1"] + 6
+
+
+# ---------------------------------------------------------------- presets (RESULTS.md's budgets)
+PROXY_PRESETS = {  # preset -> (data task or pathfinder, classes, epochs): the budgets RESULTS.md measured
+    "proxy_odd_one_out": ("odd_one_out", 10, 6),
+    "proxy_sum_mod10": ("sum_mod10", 10, 12),
+    "proxy_same_different": ("same_different", 2, 6),
+    "proxy_marker": ("marker", 10, 6),
+    "proxy_pathfinder": ("pathfinder", 2, 4),
+}
+
+
+@pytest.mark.parametrize("preset", sorted(PROXY_PRESETS))
+def test_proxy_presets_sweep_five_mixers_at_the_measured_budget(preset):
+    from mixerlab.build import CONF_DIR, compose_config
+
+    assert sorted(p.stem for p in (CONF_DIR / "experiment").glob("proxy_*.yaml")) == sorted(
+        [*PROXY_PRESETS, "proxy_base"]
+    )
+    task, classes, epochs = PROXY_PRESETS[preset]
+    cfg = compose_config([f"experiment={preset}"])
+    assert cfg.hydra.sweeper.params.mixer.split(",") == ["identity", "pooling", "attention", "feedforward",
+                                                          "spectral"]
+    assert cfg.data.get("task", "pathfinder") == task and cfg.data.num_classes == classes
+    assert cfg.trainer.max_epochs == epochs
+    assert (cfg.backbone.patch_size, cfg.backbone.embed_dim, cfg.backbone.depth, cfg.backbone.head) == (
+        4, 64, 4, "gap")
+    if task == "pathfinder":  # the size at which the global filter and pooling learn it (RESULTS.md)
+        assert (cfg.data.path_length, cfg.data.gap, cfg.data.num_distractors, cfg.data.train_samples) == (
+            10, 0, 0, 50_000)
