@@ -390,8 +390,10 @@ def run_job(train: Callable[[DictConfig], dict], cfg: DictConfig) -> dict:
     try:
         return train(cfg)
     except Exception as error:
-        log.exception("job %s failed; the sweep goes on", run.path.name)
         summary = run.read_summary()
+        if summary and summary.get("status") == "interrupted":
+            raise  # stopped from outside (a requeue's SIGTERM): the job resumes from its checkpoint
+        log.exception("job %s failed; the sweep goes on", run.path.name)
         if not summary or summary.get("status") != "failed":  # failed before training.py wrote a summary
             summary = {"status": "failed", "error": f"{type(error).__name__}: {error}",
                        "run_dir": str(run.path)}

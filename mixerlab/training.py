@@ -134,7 +134,7 @@ def train(cfg: DictConfig) -> dict:
         trainer.fit(recipe, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except BaseException as error:
         summary.update(
-            status=_stop_status(error),
+            status=_stop_status(error, trainer),
             error=f"{type(error).__name__}: {error}",
             traceback=traceback.format_exc(limit=8),
             wall_s=round(time.perf_counter() - t_start, 2),
@@ -181,13 +181,21 @@ def train(cfg: DictConfig) -> dict:
     return summary
 
 
-def _stop_status(error: BaseException) -> str:
+def _stop_status(error: BaseException, trainer=None) -> str:
     """Stopped from outside (requeue, SIGTERM, submitit's exit) is "interrupted": the run goes on from its
-    checkpoint. Anything else is "failed"."""
+    checkpoint. Anything else is "failed". A requeue sends SIGTERM to every process of the job, so a loader
+    worker can die of it first and the error the main process sees is the DataLoader's "worker ... killed
+    by signal: Terminated", often before this process's own SIGTERM handler has run. Nothing in mixerlab
+    sends SIGTERM to a worker, so that error is an interruption too (a worker killed by SIGKILL, as the
+    out-of-memory killer does, stays a failure)."""
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     stopped = (Requeued, SIGTERMException, SystemExit, KeyboardInterrupt)
-    return "interrupted" if isinstance(error, stopped) else "failed"
+    if isinstance(error, stopped) or bool(getattr(trainer, "received_sigterm", False)):
+        return "interrupted"
+    if isinstance(error, RuntimeError) and "killed by signal: Terminated" in str(error):
+        return "interrupted"
+    return "failed"
 
 
 def _flops(backbone, cfg: DictConfig) -> dict:
