@@ -392,7 +392,10 @@ def run_job(train: Callable[[DictConfig], dict], cfg: DictConfig) -> dict:
     except Exception as error:
         summary = run.read_summary()
         if summary and summary.get("status") == "interrupted":
-            raise  # stopped from outside (a requeue's SIGTERM): the job resumes from its checkpoint
+            # Stopped from outside (a requeue's SIGTERM, often first seen as a loader worker's death).
+            # Leave as SystemExit: Hydra turns an Exception into the job's return value, which submitit
+            # would pickle as the result before the requeued job has run: the sweep would count it failed.
+            raise SystemExit(f"interrupted: {type(error).__name__}: {error} | run: {run.path}") from error
         log.exception("job %s failed; the sweep goes on", run.path.name)
         if not summary or summary.get("status") != "failed":  # failed before training.py wrote a summary
             summary = {"status": "failed", "error": f"{type(error).__name__}: {error}",

@@ -11,6 +11,7 @@ from omegaconf import OmegaConf, open_dict, read_write
 
 from mixerlab.build import compose_config
 from mixerlab.redact import REDACTED, redact_override, redacted_config
+from mixerlab.run import RunDirectory
 from mixerlab.sweep import (
     ENV_VAR,
     SweepIndex,
@@ -167,3 +168,20 @@ def test_in_a_multirun_an_exception_becomes_a_failed_summary_and_completed_jobs_
     with pytest.raises(KeyboardInterrupt):  # Ctrl-C stops the whole sweep
         run_job(interrupted, cfg)
     assert (run_dir / "failed-attempts" / "1" / "summary.json").is_file()
+
+
+def test_an_interrupted_job_leaves_as_system_exit_so_no_launcher_records_it_as_a_result(multirun_job):
+    """A requeue's SIGTERM that kills a loader worker first reaches the job as a RuntimeError. Hydra would
+    store an Exception as the job's return value (submitit pickles that as the job's result before the
+    requeued job runs); SystemExit passes through both, and the summary keeps "interrupted"."""
+    cfg, run_dir = multirun_job
+
+    def requeued(_cfg):
+        RunDirectory(run_dir).write_summary({"status": "interrupted", "error": "RuntimeError: worker"})
+        raise RuntimeError("DataLoader worker (pid 6475) is killed by signal: Terminated.")
+
+    with pytest.raises(SystemExit, match="interrupted: RuntimeError: DataLoader worker") as stopped:
+        run_job(requeued, cfg)
+    assert not isinstance(stopped.value, Exception)
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
+    assert job_status(run_dir)[0] == "interrupted"  # the next attempt resumes from the checkpoint
