@@ -56,6 +56,27 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+# Errors that mean the run was stopped from outside (Ctrl-C, a requeue's SIGTERM, submitit's exit after a
+# preemption, mixerlab's own requeue): such a run resumes from its checkpoint. SignalException is how older
+# summaries recorded a signal.
+STOPPED_FROM_OUTSIDE = ("Requeued", "SIGTERMException", "SystemExit", "KeyboardInterrupt", "SignalException")
+
+
+def stop_status(error: str, received_sigterm: bool = False) -> str:
+    """"interrupted" (resume from the checkpoint) or "failed" (start afresh), for a run that stopped with
+    ``error`` as its summary records it ("Type: message"). The one rule both the run and the sweep apply.
+
+    A requeue sends SIGTERM to every process of the job, so a loader worker can die of it first and the
+    error the main process sees is the DataLoader's "worker ... killed by signal: Terminated", often before
+    this process's own SIGTERM handler has run. Nothing in mixerlab sends SIGTERM to a worker, so that is an
+    interruption too; a worker killed by SIGKILL, as the out-of-memory killer does, stays a failure."""
+    if received_sigterm or error.startswith(STOPPED_FROM_OUTSIDE):
+        return "interrupted"
+    if error.startswith("RuntimeError") and "killed by signal: Terminated" in error:
+        return "interrupted"
+    return "failed"
+
+
 class RunDirectory:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path).resolve()

@@ -42,7 +42,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from mixerlab.redact import redact_override
-from mixerlab.run import RunDirectory, atomic_write_text
+from mixerlab.run import RunDirectory, atomic_write_text, stop_status
 
 log = logging.getLogger("mixerlab.sweep")
 
@@ -50,8 +50,6 @@ ENV_VAR = "MIXERLAB_SWEEP"
 INDEX_NAME = "sweep.json"
 ATTEMPTS_DIR = "failed-attempts"
 SEED_KEY = "seed"
-# A run stopped by Ctrl-C or a signal resumes from its checkpoint; any other failure runs again from scratch.
-INTERRUPTIONS = ("KeyboardInterrupt", "SystemExit", "SignalException")
 # Keys that only steer the sweep machinery: they change neither a job nor the sweep's identity.
 _SWEEP_KEYS = re.compile(r"^[+~]*sweep\.")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=,+@-]")
@@ -231,7 +229,7 @@ def job_status(run_dir: Path) -> tuple[str, dict | None]:
             p.name not in (".hydra", ATTEMPTS_DIR) and p.suffix != ".log" for p in run_dir.iterdir())
         return ("incomplete" if started else "pending"), None
     status = summary.get("status")
-    if status == "failed" and str(summary.get("error", "")).startswith(INTERRUPTIONS):
+    if status == "failed" and stop_status(str(summary.get("error", ""))) == "interrupted":  # older summaries
         return "interrupted", summary
     return str(status or "incomplete"), summary
 

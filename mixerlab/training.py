@@ -19,9 +19,9 @@ from mixerlab.checkpointing import AtomicCheckpointIO, RunCheckpoint
 from mixerlab.costs import count_flops, count_parameters, weights_sha256
 from mixerlab.fastpath import apply_fast_path
 from mixerlab.loggers import finish_loggers, start_loggers
-from mixerlab.preemption import Requeued, RequeueOnSignal, owns_requeue
+from mixerlab.preemption import RequeueOnSignal, owns_requeue
 from mixerlab.randomness import StepSeeding
-from mixerlab.run import RunDirectory, git_commit, peak_memory_mb
+from mixerlab.run import RunDirectory, git_commit, peak_memory_mb, stop_status
 from mixers.contract import ConfigError
 
 log = logging.getLogger("mixerlab")
@@ -133,9 +133,10 @@ def train(cfg: DictConfig) -> dict:
         ckpt_path = str(resume) if resume else None
         trainer.fit(recipe, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except BaseException as error:
+        message = f"{type(error).__name__}: {error}"
         summary.update(
-            status=_stop_status(error, trainer),
-            error=f"{type(error).__name__}: {error}",
+            status=stop_status(message, bool(getattr(trainer, "received_sigterm", False))),
+            error=message,
             traceback=traceback.format_exc(limit=8),
             wall_s=round(time.perf_counter() - t_start, 2),
         )
@@ -179,23 +180,6 @@ def train(cfg: DictConfig) -> dict:
         )
     finish_loggers(loggers, failed=False)
     return summary
-
-
-def _stop_status(error: BaseException, trainer=None) -> str:
-    """Stopped from outside (requeue, SIGTERM, submitit's exit) is "interrupted": the run goes on from its
-    checkpoint. Anything else is "failed". A requeue sends SIGTERM to every process of the job, so a loader
-    worker can die of it first and the error the main process sees is the DataLoader's "worker ... killed
-    by signal: Terminated", often before this process's own SIGTERM handler has run. Nothing in mixerlab
-    sends SIGTERM to a worker, so that error is an interruption too (a worker killed by SIGKILL, as the
-    out-of-memory killer does, stays a failure)."""
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-    stopped = (Requeued, SIGTERMException, SystemExit, KeyboardInterrupt)
-    if isinstance(error, stopped) or bool(getattr(trainer, "received_sigterm", False)):
-        return "interrupted"
-    if isinstance(error, RuntimeError) and "killed by signal: Terminated" in str(error):
-        return "interrupted"
-    return "failed"
 
 
 def _flops(backbone, cfg: DictConfig) -> dict:
