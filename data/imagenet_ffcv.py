@@ -43,7 +43,7 @@ import torch
 from data.base import ImageDataModule
 from data.batch_augment import BatchTransform
 from data.image_tree import DatasetError
-from data.imagenet_folder import BAD_FILE_POLICIES, apply_bad_file_policy
+from data.imagenet_folder import apply_bad_file_policy, check_rgb_source
 from data.sampling import EpochSampler
 from mixers.contract import ConfigError
 
@@ -244,10 +244,7 @@ class ImageNetFFCVDataModule(ImageDataModule):
         **kwargs,
     ) -> None:
         require_ffcv()
-        if in_chans != 3:
-            raise ConfigError(f"data.in_chans={in_chans}: betons hold RGB images, set data.in_chans=3")
-        if bad_files not in BAD_FILE_POLICIES:
-            raise ConfigError(f"data.bad_files={bad_files!r} must be one of {list(BAD_FILE_POLICIES)}")
+        check_rgb_source(in_chans, bad_files, "betons")
         if order not in ORDERS:
             raise ConfigError(f"data.order={order!r} must be one of {list(ORDERS)}")
         super().__init__(

@@ -40,6 +40,14 @@ from mixers.contract import ConfigError
 BAD_FILE_POLICIES = ("skip", "fail")
 
 
+def check_rgb_source(in_chans: int, bad_files: str, source: str) -> None:
+    """The checks every ImageNet pipeline makes before anything is read: RGB only, a known bad-file policy."""
+    if in_chans != 3:
+        raise ConfigError(f"data.in_chans={in_chans}: {source} hold RGB images, set data.in_chans=3")
+    if bad_files not in BAD_FILE_POLICIES:
+        raise ConfigError(f"data.bad_files={bad_files!r} must be one of {list(BAD_FILE_POLICIES)}")
+
+
 class FolderImages:
     """``(RGB PIL image, label)`` per listed file; files that do not decode meet the bad-file policy."""
 
@@ -135,12 +143,7 @@ class ImageNetFolderDataModule(ImageDataModule):
         repeated_aug: int = 3,
         **kwargs,
     ) -> None:
-        if in_chans != 3:
-            raise ConfigError(
-                f"data.in_chans={in_chans}: ImageNet images are decoded to RGB, set data.in_chans=3"
-            )
-        if bad_files not in BAD_FILE_POLICIES:
-            raise ConfigError(f"data.bad_files={bad_files!r} must be one of {list(BAD_FILE_POLICIES)}")
+        check_rgb_source(in_chans, bad_files, "ImageNet folders")
         super().__init__(
             img_size=img_size,
             in_chans=in_chans,

@@ -18,7 +18,7 @@ import torch
 from timm.layers import DropPath, LayerScale, Mlp, PatchEmbed, trunc_normal_
 from torch import nn
 
-from mixers.contract import ConfigError, TokenLayout
+from mixers.contract import ConfigError, TokenLayout, check_heads
 
 MixerFactory = Callable[..., nn.Module]
 
@@ -179,10 +179,7 @@ class VisionTransformer(nn.Module):
                 f"data.img_size={img_size} is not divisible by backbone.patch_size={patch_size}: "
                 "pick an image size that is a multiple of the patch size"
             )
-        if embed_dim % num_heads:
-            raise ConfigError(
-                f"backbone.embed_dim={embed_dim} is not divisible by backbone.num_heads={num_heads}"
-            )
+        check_heads(embed_dim, num_heads, "backbone.num_heads")
         if head not in ("cls", "gap"):
             raise ConfigError(f"backbone.head={head!r} must be 'cls' or 'gap'")
         if pos_embed not in ("learned", "none"):

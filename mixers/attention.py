@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mixers.contract import ConfigError, TokenLayout
+from mixers.contract import TokenLayout, check_heads
 
 
 class Attention(nn.Module):
@@ -30,11 +30,7 @@ class Attention(nn.Module):
         num_layers: int = 1,
     ) -> None:
         super().__init__()
-        if dim % num_heads:
-            raise ConfigError(
-                f"backbone.embed_dim={dim} is not divisible by mixer.num_heads={num_heads}: "
-                "choose a head count that divides the width"
-            )
+        check_heads(dim, num_heads)
         self.num_heads = num_heads
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.attn_drop = attn_drop

@@ -62,6 +62,15 @@ def check_fixed_tokens(expected: int | None, layout: TokenLayout, key: str) -> i
     return expected
 
 
+def check_heads(dim: int, num_heads: int, key: str = "mixer.num_heads") -> None:
+    """Multi-head mixers split the width into equal heads."""
+    if num_heads < 1 or dim % num_heads:
+        raise ConfigError(
+            f"backbone.embed_dim={dim} is not divisible by {key}={num_heads}: "
+            "choose a head count that divides the width"
+        )
+
+
 def autocast_off(device: torch.device) -> contextlib.AbstractContextManager:
     """Disable autocast for a region that must run in float32 (FFTs), on any device type (also meta)."""
     if torch.amp.is_autocast_available(device.type):

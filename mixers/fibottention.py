@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mixers.contract import ConfigError, TokenLayout
+from mixers.contract import ConfigError, TokenLayout, check_heads
 
 PHI = (1 + math.sqrt(5)) / 2
 VARIANTS = ("faithful", "sparse")
@@ -143,8 +143,7 @@ class Fibottention(nn.Module):
             raise ConfigError(f"mixer.variant={variant!r} is not one of {list(VARIANTS)}")
         if sparse_backend not in BACKENDS:
             raise ConfigError(f"mixer.sparse_backend={sparse_backend!r} is not one of {list(BACKENDS)}")
-        if dim % num_heads:
-            raise ConfigError(f"backbone.embed_dim={dim} is not divisible by mixer.num_heads={num_heads}")
+        check_heads(dim, num_heads)
         self.num_heads = num_heads
         self.variant = variant
         self.sparse_backend = sparse_backend

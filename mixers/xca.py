@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mixers.contract import ConfigError, TokenLayout
+from mixers.contract import TokenLayout, check_heads
 
 
 class XCA(nn.Module):
@@ -32,8 +32,7 @@ class XCA(nn.Module):
         num_layers: int = 1,
     ) -> None:
         super().__init__()
-        if dim % num_heads:
-            raise ConfigError(f"backbone.embed_dim={dim} is not divisible by mixer.num_heads={num_heads}")
+        check_heads(dim, num_heads)
         self.num_heads = num_heads
         self.temperature = nn.Parameter(torch.ones(num_heads, 1, 1))
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)

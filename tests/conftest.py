@@ -35,6 +35,16 @@ def run_train(
     return proc, summary
 
 
+def tiny_vit(mixer=None, **overrides):
+    """A 16x16 one-channel ViT, 32 wide and 2 deep, attention with 2 heads unless ``mixer`` (a factory) is
+    given: the small model that unit tests build by hand. ``overrides`` go to the VisionTransformer."""
+    from mixerlab.backbone import VisionTransformer
+    from mixers.attention import Attention
+
+    kwargs = dict(img_size=16, patch_size=4, in_chans=1, num_classes=10, embed_dim=32, depth=2, num_heads=2)
+    return VisionTransformer(mixer or (lambda **kw: Attention(num_heads=2, **kw)), **{**kwargs, **overrides})
+
+
 @pytest.fixture
 def train_run(tmp_path):
     """``train_run(*overrides)`` -> (process, summary) in a fresh run directory under tmp_path."""

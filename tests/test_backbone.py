@@ -5,32 +5,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mixerlab.backbone import Block, BlockSpec, VisionTransformer
+from mixerlab.backbone import Block, BlockSpec
 from mixerlab.build import build_backbone, compose_config
 from mixerlab.costs import count_flops, count_parameters
-from mixers.attention import Attention
 from mixers.contract import ConfigError, TokenLayout
+from tests.conftest import tiny_vit
 
 IMAGENET = ["data.img_size=224", "data.num_classes=1000", "data.in_chans=3"]
 
 
-def attention_factory(num_heads=2):
-    return lambda **kw: Attention(num_heads=num_heads, **kw)
-
-
 @pytest.mark.parametrize("head, tokens", [("cls", 17), ("gap", 16)])
 def test_both_heads_give_logits_and_the_right_token_layout(head, tokens):
-    model = VisionTransformer(
-        attention_factory(),
-        img_size=16,
-        patch_size=4,
-        in_chans=1,
-        num_classes=10,
-        embed_dim=32,
-        depth=2,
-        num_heads=2,
-        head=head,
-    )
+    model = tiny_vit(head=head)
     assert model.layout.num_tokens == tokens
     assert model.layout == TokenLayout(grid=(4, 4), num_prefix=1 if head == "cls" else 0)
     assert model.forward_features(torch.randn(3, 1, 16, 16)).shape == (3, tokens, 32)
@@ -51,34 +37,23 @@ def test_deit_tiny_flops_match_the_reference_within_3_percent():
 
 
 def test_wrong_input_size_names_the_config_key():
-    model = VisionTransformer(
-        attention_factory(), img_size=16, patch_size=4, in_chans=1, embed_dim=32, depth=1, num_heads=2
-    )
+    model = tiny_vit(depth=1)
     with pytest.raises(ValueError, match="data.img_size"):
         model(torch.randn(1, 1, 32, 32))
 
 
 def test_mlp_false_drops_the_feature_mlp():
-    kwargs = dict(img_size=16, patch_size=4, in_chans=1, embed_dim=32, depth=2, num_heads=2)
-    full = VisionTransformer(attention_factory(), **kwargs)
-    attn_only = VisionTransformer(attention_factory(), block={"mlp": False}, **kwargs)
+    full = tiny_vit()
+    attn_only = tiny_vit(block={"mlp": False})
     mlp_params = 2 * (32 * 128 + 128 + 128 * 32 + 32 + 2 * 32)  # fc1, fc2 and norm2 per layer
     assert count_parameters(full) - count_parameters(attn_only) == mlp_params
-    assert attn_only(torch.randn(2, 1, 16, 16)).shape == (2, 1000)
+    assert attn_only(torch.randn(2, 1, 16, 16)).shape == (2, 10)
 
 
 def test_schedule_puts_a_different_mixer_and_block_in_the_first_layers():
     marker = lambda **kw: torch.nn.Identity()  # noqa: E731
-    model = VisionTransformer(
-        attention_factory(),
-        img_size=16,
-        patch_size=4,
-        in_chans=1,
-        embed_dim=32,
-        depth=4,
-        num_heads=2,
-        schedule=[{"layers": 3, "mixer": marker, "block": {"style": "single_residual"}}],
-    )
+    first_three = {"layers": 3, "mixer": marker, "block": {"style": "single_residual"}}
+    model = tiny_vit(depth=4, schedule=[first_three])
     kinds = [type(b.mixer).__name__ for b in model.blocks]
     styles = [b.spec.style for b in model.blocks]
     assert kinds == ["Identity"] * 3 + ["Attention"]
@@ -86,16 +61,7 @@ def test_schedule_puts_a_different_mixer_and_block_in_the_first_layers():
 
 
 def test_drop_path_rises_linearly_over_depth():
-    model = VisionTransformer(
-        attention_factory(),
-        img_size=16,
-        patch_size=4,
-        in_chans=1,
-        embed_dim=32,
-        depth=5,
-        num_heads=2,
-        drop_path_rate=0.2,
-    )
+    model = tiny_vit(depth=5, drop_path_rate=0.2)
     rates = [getattr(b.drop_path, "drop_prob", 0.0) for b in model.blocks]
     assert rates == pytest.approx([0.0, 0.05, 0.1, 0.15, 0.2])
 

@@ -259,3 +259,20 @@ def test_ffcv_train_loader_resumes_mid_epoch_and_keeps_a_whole_epochs_length(wri
     module.resume_position = {"epoch": 1, "batches": 2, "batch_size": 4, "world_size": 1}
     with pytest.raises(ConfigError, match="resume it with the same devices, nodes and data.batch_size"):
         module.train_dataloader()
+
+
+@pytest.mark.parametrize("module", ["data.imagenet_folder:ImageNetFolderDataModule",
+                                    "data.imagenet_ffcv:ImageNetFFCVDataModule"])
+@pytest.mark.parametrize(
+    "bad, message",
+    [({"in_chans": 1}, r"data.in_chans=1: .* hold RGB images, set data.in_chans=3"),
+     ({"bad_files": "ignore"}, r"data.bad_files='ignore' must be one of \['skip', 'fail'\]")],
+)
+def test_both_imagenet_pipelines_refuse_a_bad_key_before_reading_anything(tmp_path, module, bad, message):
+    """The same checks in both pipelines, made before the (missing) root is looked at."""
+    import importlib
+
+    path, name = module.split(":")
+    datamodule = getattr(importlib.import_module(path), name)
+    with pytest.raises(ConfigError, match=message):
+        datamodule(root=str(tmp_path / "nowhere"), img_size=28, num_classes=2, batch_size=2, **bad)

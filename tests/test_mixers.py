@@ -68,6 +68,14 @@ def test_fixed_token_mixers_reject_another_resolution_at_config_time(mixer, key,
         build_backbone(compose_config([f"mixer={mixer}", f"{key}={value}", "data.img_size=32", *head]))
 
 
+@pytest.mark.parametrize("mixer", ["attention", "xca", "fibottention"])
+def test_multi_head_mixers_name_a_head_count_that_does_not_divide_the_width(mixer):
+    with pytest.raises(ConfigError, match=r"embed_dim=64 is not divisible by mixer.num_heads=3: choose"):
+        build_backbone(compose_config([f"mixer={mixer}", "mixer.num_heads=3"]))
+    with pytest.raises(ConfigError, match=r"by backbone.num_heads=3: choose"):
+        build_backbone(compose_config(["backbone.num_heads=3"]))
+
+
 def test_block_without_mixer_norm_feeds_the_raw_stream_to_a_self_normalising_mixer():
     mixer = TokenMLP(8, CLS_GRID)
     block = Block(8, mixer, BlockSpec(order="mlp_first", mixer_norm=False))

@@ -5,23 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mixerlab.backbone import VisionTransformer
 from mixerlab.recipe import Recipe, build_scheduler, global_batch_size, scaled_lr
-from mixers.attention import Attention
-
-
-def tiny_vit(**kw):
-    return VisionTransformer(
-        lambda **k: Attention(num_heads=2, **k),
-        img_size=16,
-        patch_size=4,
-        in_chans=1,
-        num_classes=10,
-        embed_dim=32,
-        depth=2,
-        num_heads=2,
-        **kw,
-    )
+from tests.conftest import tiny_vit
 
 
 def test_global_batch_counts_devices_nodes_and_accumulation():
