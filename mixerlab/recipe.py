@@ -2,8 +2,9 @@
 
 AdamW with no weight decay on 1-D parameters, position embedding and CLS token; LR = base x global batch /
 512 with global batch = per-device batch x devices x nodes x accumulation; per-step linear warmup from
-``warmup_lr`` then cosine to ``min_lr``; Mixup/CutMix with label smoothing and soft-target cross-entropy;
-optional EMA (evaluated and reported separately) and gradient clipping. The pieces are timm's and torch's.
+``warmup_lr`` then cosine to ``min_lr`` (``decay=constant``: the peak held); Mixup/CutMix with label
+smoothing and soft-target cross-entropy; optional EMA (evaluated and reported separately) and gradient
+clipping. The pieces are timm's and torch's.
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ def scaled_lr(base_lr: float, global_batch: int, lr_batch_base: int) -> float:
     return base_lr * global_batch / lr_batch_base
 
 
+# After warmup: cosine to min_lr (DeiT), or the peak held to the end (short proxy runs, RESULTS.md).
+DECAYS = ("cosine", "constant")
+
+
 def build_scheduler(
     optimizer: torch.optim.Optimizer,
     total_steps: int,
@@ -73,6 +78,7 @@ class Recipe(L.LightningModule):
         min_lr: float = 1e-5,
         warmup_lr: float = 1e-6,
         warmup_epochs: float = 5,
+        decay: str = "cosine",
         weight_decay: float = 0.05,
         opt: str = "adamw",
         opt_eps: float = 1e-8,
@@ -88,6 +94,8 @@ class Recipe(L.LightningModule):
         super().__init__()
         if nan_policy not in NAN_POLICIES:
             raise ConfigError(f"recipe.nan_policy={nan_policy!r}: use one of {', '.join(NAN_POLICIES)}")
+        if decay not in DECAYS:
+            raise ConfigError(f"recipe.decay={decay!r}: use one of {', '.join(DECAYS)}")
         self.save_hyperparameters(ignore=["backbone"])
         optimizer_impl_kwargs(opt_impl, opt, opt_kwargs)  # a bad recipe.opt_impl fails here, before any data
         self.backbone = backbone
@@ -163,7 +171,8 @@ class Recipe(L.LightningModule):
         if self.trainer.max_epochs in (None, -1):
             steps_per_epoch = total  # a max_steps budget: warmup_epochs counts as a fraction of it
         warmup = min(total, round(hp.warmup_epochs * steps_per_epoch))
-        scheduler = build_scheduler(optimizer, total, warmup, hp.warmup_lr, hp.min_lr)
+        min_lr = self.peak_lr if hp.decay == "constant" else hp.min_lr
+        scheduler = build_scheduler(optimizer, total, warmup, hp.warmup_lr, min_lr)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def lr_scheduler_step(self, scheduler, metric) -> None:

@@ -6,6 +6,7 @@ import csv
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -67,6 +68,18 @@ def test_accumulation_scales_global_batch_and_lr(train_run):
     assert summary["lr"] == pytest.approx(2e-3 * 64 / 64)
 
 
+def test_constant_decay_holds_the_peak_lr_where_cosine_decays_it(train_run):
+    def lrs(*overrides):
+        _, summary = train_run("trainer.max_epochs=2", "recipe.warmup_epochs=0", *overrides)
+        with open(Path(summary["run_dir"]) / "metrics.csv") as f:
+            return summary["lr"], [float(row["lr"]) for row in csv.DictReader(f) if row.get("lr")]
+
+    peak, constant = lrs("recipe.decay=constant")
+    assert constant == [pytest.approx(peak)] * 2
+    peak, cosine = lrs()
+    assert cosine[0] < peak and cosine[1] == pytest.approx(1e-5)  # recipe.min_lr at the last step
+
+
 @pytest.mark.parametrize(
     "overrides, named",
     [
@@ -74,6 +87,7 @@ def test_accumulation_scales_global_batch_and_lr(train_run):
         (["data.img_size=18"], ["data.img_size=18", "backbone.patch_size=4"]),
         (["backbone.block.style=pre"], ["backbone.block.style='pre'"]),
         (["backbone.head=mean"], ["backbone.head='mean'"]),
+        (["recipe.decay=linear"], ["recipe.decay='linear'", "cosine, constant"]),
     ],
 )
 def test_impossible_configs_fail_before_any_data_is_loaded(tmp_path, overrides, named):
