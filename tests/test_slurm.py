@@ -191,14 +191,16 @@ def test_a_sweep_through_the_hydra_launcher_runs_as_one_job_array_and_submitit_r
         run_dirs = (p.parent.parent.name.lower() for p in sweep_dir.rglob("last.ckpt"))  # Hydra writes True
         return any(name.endswith(f"qkv_bias={value}") for name in run_dirs)
 
+    def submitted_arrays() -> set[str]:  # submitit keeps a folder <array>_<index> per task
+        folder = sweep_dir / ".submitit"
+        tasks = [p.name for p in folder.iterdir()] if folder.is_dir() else []
+        return {name.split("_")[0] for name in tasks if re.fullmatch(r"\d+_\d+", name)}
+
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
     try:
-        wait_until(lambda: (sweep_dir / ".submitit").is_dir() and any(
-            re.fullmatch(r"\d+_\d+", p.name) for p in (sweep_dir / ".submitit").iterdir()), 120,
-            "the job array to be submitted", log)
-        arrays = {p.name.split("_")[0] for p in (sweep_dir / ".submitit").iterdir()
-                  if re.fullmatch(r"\d+_\d+", p.name)}
+        wait_until(lambda: bool(submitted_arrays()), 120, "the job array to be submitted", log)
+        arrays = submitted_arrays()
         assert len(arrays) == 1, arrays
         array = arrays.pop()
         for index, value in enumerate(values):  # array index i runs sweep point i
