@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from data.sampling import EpochSampler
-from mixers.contract import ConfigError
+from mixerlab.errors import ConfigError
 
 
 def ignore_job_signals(worker_id: int) -> None:

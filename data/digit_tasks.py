@@ -36,7 +36,7 @@ from data.base import ImageDataModule
 from data.digits import ArrayImages, digit_images, digit_split
 from data.sampling import EpochSampler, SeededTransformDataset, sample_seed
 from data.transforms import eval_transform
-from mixers.contract import ConfigError
+from mixerlab.errors import ConfigError
 
 DIGIT = 8  # native scikit-learn digit size (pixels)
 

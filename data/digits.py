@@ -20,7 +20,7 @@ from sklearn.model_selection import train_test_split
 from data.base import ImageDataModule
 from data.sampling import SeededTransformDataset
 from data.transforms import AugmentConfig, eval_transform, train_transform
-from mixers.contract import ConfigError
+from mixerlab.errors import ConfigError
 
 VAL_FRACTION = 0.2
 SPLIT_SEED = 0

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data.image_tree import BadFile, BadImageError, DatasetError, load_rgb, scan_tree, verify_images
+from data.image_tree import BadFile, load_rgb, scan_tree, verify_images
+from mixerlab.errors import BadImageError, DatasetError
 
 
 class BetonSource:

@@ -34,18 +34,10 @@ from pathlib import Path
 
 from PIL import Image
 
-from mixers.contract import ConfigError
+from mixerlab.errors import BadImageError, DatasetError
 
 # torchvision's IMG_EXTENSIONS, compared case-insensitively (ImageNet's files end in .JPEG)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-
-
-class DatasetError(ConfigError):
-    """The dataset on disk is not what the config says: the message names the path and what was expected."""
-
-
-class BadImageError(OSError):
-    """One file that cannot be decoded; the message names it and says why."""
 
 
 @dataclass(frozen=True)

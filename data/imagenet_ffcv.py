@@ -42,10 +42,9 @@ import torch
 
 from data.base import ImageDataModule
 from data.batch_augment import BatchTransform
-from data.image_tree import DatasetError
 from data.imagenet_folder import apply_bad_file_policy, check_rgb_source
 from data.sampling import EpochSampler
-from mixers.contract import ConfigError
+from mixerlab.errors import ConfigError, DatasetError
 
 log = logging.getLogger("mixerlab")
 

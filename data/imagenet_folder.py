@@ -35,7 +35,7 @@ from data.image_tree import (
 )
 from data.sampling import SeededTransformDataset
 from data.transforms import AugmentConfig, eval_transform, train_transform
-from mixers.contract import ConfigError
+from mixerlab.errors import ConfigError
 
 BAD_FILE_POLICIES = ("skip", "fail")
 

@@ -38,7 +38,7 @@ from data.base import ImageDataModule
 from data.digits import ArrayImages
 from data.sampling import SeededTransformDataset, sample_seed
 from data.transforms import eval_transform
-from mixers.contract import ConfigError
+from mixerlab.errors import ConfigError
 
 GENERATOR_VERSION = 2  # bump when the drawing changes, so old caches are not reused
 PLACE_TRIES = 256  # random positions tried for one path before the sample starts over

@@ -18,7 +18,8 @@ import torch
 from timm.layers import DropPath, LayerScale, Mlp, PatchEmbed, trunc_normal_
 from torch import nn
 
-from mixers.contract import ConfigError, TokenLayout, check_heads
+from mixerlab.errors import ConfigError
+from mixers.contract import TokenLayout, check_heads
 
 MixerFactory = Callable[..., nn.Module]
 

@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from mixerlab.config import register_resolvers
-from mixers.contract import ConfigError
+from mixerlab.errors import ConfigError
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 

@@ -16,8 +16,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from mixerlab.errors import ConfigError
 from mixerlab.onednn_linear import onednn_linear_available, use_onednn_linear
-from mixers.contract import ConfigError
 
 SDPA_BACKENDS = ("flash", "efficient", "cudnn", "math")
 OPT_IMPLS = ("auto", "fused", "foreach", "loop")

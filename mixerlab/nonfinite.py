@@ -11,11 +11,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mixerlab.errors import NonFiniteError
+
 NAN_POLICIES = ("stop", "skip")
-
-
-class NonFiniteError(RuntimeError):
-    """A NaN or Inf loss or weight: the run stopped before it could write it into a checkpoint."""
 
 
 def loss_is_finite(loss: torch.Tensor, strategy=None) -> bool:

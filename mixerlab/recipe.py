@@ -23,15 +23,14 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from mixerlab.errors import ConfigError, NonFiniteError
 from mixerlab.fastpath import optimizer_impl_kwargs
 from mixerlab.nonfinite import (
     NAN_POLICIES,
-    NonFiniteError,
     check_finite_weights,
     loss_is_finite,
     nonfinite_loss_message,
 )
-from mixers.contract import ConfigError
 
 
 def global_batch_size(per_device: int, world_size: int, accumulation: int) -> int:

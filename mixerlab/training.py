@@ -17,12 +17,12 @@ from omegaconf import DictConfig
 from mixerlab.build import build_backbone, build_datamodule, build_recipe, mixer_name
 from mixerlab.checkpointing import AtomicCheckpointIO, RunCheckpoint
 from mixerlab.costs import count_flops, count_parameters, weights_sha256
+from mixerlab.errors import ConfigError
 from mixerlab.fastpath import apply_fast_path
 from mixerlab.loggers import finish_loggers, start_loggers
 from mixerlab.preemption import RequeueOnSignal, owns_requeue
 from mixerlab.randomness import StepSeeding
 from mixerlab.run import RunDirectory, git_commit, peak_memory_mb, stop_status
-from mixers.contract import ConfigError
 
 log = logging.getLogger("mixerlab")
 

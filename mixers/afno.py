@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mixers.contract import ConfigError, TokenLayout, autocast_off, split_prefix
+from mixerlab.errors import ConfigError
+from mixers.contract import TokenLayout, autocast_off, split_prefix
 from mixers.spectral import rfft2_flops
 
 

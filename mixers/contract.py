@@ -11,7 +11,7 @@ defined on patches pass the prefix tokens through unchanged and say so in their 
 
 Adding a mixer is one ``mixers/<family>.py`` and one ``conf/mixer/<name>.yaml``; nothing else changes.
 A mixer whose parameters fix the token count checks ``layout`` in ``__init__`` and raises
-:class:`mixers.contract.ConfigError` naming its config key, so a bad combination fails before any data
+:class:`mixerlab.errors.ConfigError` naming its config key, so a bad combination fails before any data
 is loaded.
 """
 
@@ -22,9 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-
-class ConfigError(ValueError):
-    """An impossible configuration; the message names the keys and values and says what to do."""
+from mixerlab.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from timm.layers import Mlp
 from torch import nn
 
-from mixers.contract import ConfigError, TokenLayout, check_fixed_tokens
+from mixerlab.errors import ConfigError
+from mixers.contract import TokenLayout, check_fixed_tokens
 
 
 class TokenMLP(nn.Module):

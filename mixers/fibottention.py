@@ -40,7 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mixers.contract import ConfigError, TokenLayout, check_heads
+from mixerlab.errors import ConfigError
+from mixers.contract import TokenLayout, check_heads
 
 PHI = (1 + math.sqrt(5)) / 2
 VARIANTS = ("faithful", "sparse")

@@ -26,7 +26,8 @@ import math
 import torch
 from torch import nn
 
-from mixers.contract import ConfigError, TokenLayout, autocast_off, split_prefix
+from mixerlab.errors import ConfigError
+from mixers.contract import TokenLayout, autocast_off, split_prefix
 
 
 def rfft2_flops(h: int, w: int, channels: int) -> int:

@@ -8,7 +8,8 @@ import torch
 from mixerlab.backbone import Block, BlockSpec
 from mixerlab.build import build_backbone, compose_config
 from mixerlab.costs import count_flops, count_parameters
-from mixers.contract import ConfigError, TokenLayout
+from mixerlab.errors import ConfigError
+from mixers.contract import TokenLayout
 from tests.conftest import tiny_vit
 
 IMAGENET = ["data.img_size=224", "data.num_classes=1000", "data.in_chans=3"]

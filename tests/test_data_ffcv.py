@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from data.fake_imagenet import write_fake_imagenet
-from data.image_tree import DatasetError, scan_tree
+from data.image_tree import scan_tree
 from data.imagenet_ffcv import ProgressiveResolution, RepeatedAugmentationOrder
 from data.imagenet_folder import ImageNetFolderDataModule
-from mixers.contract import ConfigError
+from mixerlab.errors import ConfigError, DatasetError
 
 SMALL = dict(num_classes=4, batch_size=4, num_workers=1)
 

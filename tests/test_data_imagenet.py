@@ -14,8 +14,9 @@ import torch
 
 from data.batch_augment import BatchTransform, ThreeAugment, gaussian_blur, grayscale
 from data.fake_imagenet import write_fake_imagenet
-from data.image_tree import BadImageError, DatasetError, load_rgb, scan_tree, verify_images
+from data.image_tree import load_rgb, scan_tree, verify_images
 from data.imagenet_folder import FolderImages, ImageNetFolderDataModule
+from mixerlab.errors import BadImageError, DatasetError
 
 SMALL = dict(img_size=32, num_classes=4, batch_size=4)
 

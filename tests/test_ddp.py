@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from data.digits import DigitsDataModule
+from mixerlab.errors import ConfigError
 from mixerlab.training import check_launcher
-from mixers.contract import ConfigError
 from tests.conftest import REPO, run_train
 
 # 2 epochs of 8 steps with global batch 64; no Mixup (each rank would draw its own mixing coefficient)

@@ -10,6 +10,7 @@ from timm.optim import create_optimizer_v2
 
 from mixerlab.build import build_backbone, compose_config
 from mixerlab.costs import weights_sha256
+from mixerlab.errors import ConfigError
 from mixerlab.fastpath import (
     apply_fast_path,
     autocast_for,
@@ -20,7 +21,6 @@ from mixerlab.fastpath import (
     wants_onednn_linear,
 )
 from mixerlab.onednn_linear import OneDNNLinear
-from mixers.contract import ConfigError
 
 
 def test_auto_picks_the_fused_adamw_kernel_and_user_opt_kwargs_win():

@@ -9,8 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mixerlab.errors import ConfigError
 from mixers import fibottention as fib
-from mixers.contract import ConfigError, TokenLayout
+from mixers.contract import TokenLayout
 
 VIT_B_OFFSETS = [
     [1, 2, 3, 5],

@@ -9,8 +9,9 @@ from timm.optim import create_optimizer_v2
 
 from mixerlab.backbone import Block, BlockSpec
 from mixerlab.build import CONF_DIR, build_backbone, compose_config
+from mixerlab.errors import ConfigError
 from mixers.afno import AFNO
-from mixers.contract import ConfigError, TokenLayout
+from mixers.contract import TokenLayout
 from mixers.feedforward import FeatureAttention, TokenMLP
 from mixers.fnet import FourierMixing
 from mixers.metaformer import Pooling, RandomMixing

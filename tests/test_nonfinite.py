@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from mixerlab.build import build_backbone, build_datamodule, build_recipe, compose_config
-from mixerlab.nonfinite import NonFiniteError, check_finite_weights
-from mixers.contract import ConfigError
+from mixerlab.errors import ConfigError, NonFiniteError
+from mixerlab.nonfinite import check_finite_weights
 from tests.faults import ENV as FAULTS_ENV
 from tests.faults import InjectNonFinite
 

@@ -7,7 +7,7 @@ from functools import cache
 import pytest
 
 from mixerlab.build import CONF_DIR, build_backbone, compose_config
-from mixers.contract import ConfigError
+from mixerlab.errors import ConfigError
 from scripts.model_info import model_info
 
 PRESETS = [

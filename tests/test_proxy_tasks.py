@@ -14,7 +14,7 @@ from data.digit_tasks import DIGIT, TASKS, DigitBank, DigitTasksDataModule, digi
 from data.folder_export import write_image_folder
 from data.pathfinder import PathfinderDataModule, PathfinderSettings, cache_path, generate, load_or_generate
 from data.sampling import EpochSampler
-from mixers.contract import ConfigError
+from mixerlab.errors import ConfigError
 
 
 # ---------------------------------------------------------------- digit tasks

@@ -9,7 +9,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import OmegaConf, open_dict, read_write
 
-from mixerlab.build import compose_config
+from mixerlab.build import CONF_DIR, compose_config
 from mixerlab.redact import REDACTED, redact_override, redacted_config
 from mixerlab.run import RunDirectory
 from mixerlab.sweep import (
@@ -185,3 +185,13 @@ def test_an_interrupted_job_leaves_as_system_exit_so_no_launcher_records_it_as_a
     assert not isinstance(stopped.value, Exception)
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
     assert job_status(run_dir)[0] == "interrupted"  # the next attempt resumes from the checkpoint
+
+
+def test_the_sweep_and_the_report_do_not_import_each_other():
+    """The report reads sweeps; the sweep knows nothing of the report (its Hydra callback joins the two)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, mixerlab.sweep; assert 'mixerlab.report' not in sys.modules, 'sweep imports report'; "
+            "import mixerlab.report, mixerlab.sweep_callback")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=CONF_DIR.parent)
