@@ -11,6 +11,7 @@ from timm.optim import create_optimizer_v2
 import mixers.tost
 from mixerlab.backbone import count_parameters
 from mixerlab.build import build_backbone, compose_config
+from mixerlab.costs import weights_sha256
 from mixerlab.errors import ConfigError
 from mixers.contract import TokenLayout
 from mixers.tost import TSSA
@@ -127,6 +128,9 @@ def test_class_attention_layers_see_cls_only_after_the_mixer_blocks():
     model.class_blocks[0].register_forward_hook(lambda m, i, o: seen.append(o.shape))
     assert model(torch.randn(3, 1, 16, 16)).shape == (3, 10)
     assert seen == [(3, 4, 64), (3, 5, 64)]  # 2x2 patches, then CLS + patches
+    digest = weights_sha256(model)  # the conv stem's BatchNorm has a 0-d buffer (num_batches_tracked)
+    model.patch_embed.proj[0][1].num_batches_tracked += 1
+    assert weights_sha256(model) != digest
 
 
 @pytest.mark.parametrize(
