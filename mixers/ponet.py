@@ -33,7 +33,8 @@ from mixers.contract import TokenLayout, check_heads
 
 
 def segment_index(layout: TokenLayout, segment_num: int | None, grid_aware: bool) -> torch.Tensor:
-    """Segment id of each patch token (M,): grid rows, or the LRA code's ``i // (M // segment_num + 1)``."""
+    """Segment id of each patch token (M,): grid rows, or the LRA code's ``i // (M // segment_num + 1)``.
+    Ids are contiguous from 0, so the segment count is the last id + 1."""
     h, w = layout.grid
     if grid_aware:
         if segment_num not in (None, h):
@@ -41,14 +42,14 @@ def segment_index(layout: TokenLayout, segment_num: int | None, grid_aware: bool
                 f"mixer.segment_num={segment_num} with mixer.grid_aware=true: the segments are the {h} grid "
                 "rows; set mixer.segment_num=null, or mixer.grid_aware=false for the official segments"
             )
-        return torch.arange(h * w) // w
+        return torch.arange(h * w, device="cpu") // w
     segment_num = h if segment_num is None else segment_num
     if not isinstance(segment_num, int) or not 1 <= segment_num <= h * w:
         raise ConfigError(
             f"mixer.segment_num={segment_num!r} must be an integer from 1 to the {h * w} patch tokens "
             "(null: one segment per grid row)"
         )
-    return torch.arange(h * w) // (h * w // segment_num + 1)
+    return torch.arange(h * w, device="cpu") // (h * w // segment_num + 1)
 
 
 class PoNet(nn.Module):
@@ -66,8 +67,9 @@ class PoNet(nn.Module):
         super().__init__()
         check_heads(dim, num_heads)
         self.layout, self.num_heads, self.grid_aware = layout, num_heads, grid_aware
-        self.register_buffer("segments", segment_index(layout, segment_num, grid_aware), persistent=False)
-        self.num_segments = int(self.segments.max()) + 1
+        segments = segment_index(layout, segment_num, grid_aware)  # on the CPU, also when built on meta
+        self.num_segments = int(segments[-1]) + 1
+        self.register_buffer("segments", segments.to(torch.get_default_device()), persistent=False)
         self.q, self.k, self.o, self.segment, self.local = (nn.Linear(dim, dim) for _ in range(5))
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)

@@ -10,6 +10,7 @@ from mixerlab.build import build_backbone, compose_config
 from mixerlab.errors import ConfigError
 from mixers.combiner import Combiner
 from mixers.contract import TokenLayout
+from scripts.model_info import model_info
 
 GRID = TokenLayout(grid=(3, 4), num_prefix=0)
 CLS_GRID = TokenLayout(grid=(3, 4), num_prefix=1)
@@ -84,3 +85,9 @@ def test_segment_length_must_divide_the_patches_after_cls_is_split():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = Combiner(8, CLS_GRID, num_heads=2)(torch.randn(2, 13, 8))
     assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+
+
+def test_combiner_counts_on_the_meta_device_at_224():
+    info = model_info(["mixer=combiner", "backbone=vit_tiny", "data.img_size=224", "data.in_chans=3"])
+    C, head_1000_to_10 = 192, -990 * 192 - 990  # DeiT-Ti with 12 x 4C^2 (no biases) for 4C^2 + 4C
+    assert info["tokens"] == 197 and info["params"] == 5_717_416 + head_1000_to_10 - 12 * 4 * C

@@ -12,6 +12,7 @@ from mixerlab.build import build_backbone, compose_config
 from mixerlab.errors import ConfigError
 from mixers.contract import TokenLayout
 from mixers.ponet import PoNet, segment_index
+from scripts.model_info import model_info
 
 GRID = TokenLayout(grid=(4, 4), num_prefix=0)
 CLS_GRID = TokenLayout(grid=(4, 4), num_prefix=1)
@@ -107,3 +108,9 @@ def test_ponet_builds_at_224_with_cls_and_in_the_post_norm_block():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = PoNet(8, CLS_GRID, num_heads=2)(torch.randn(2, 17, 8))
     assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+
+
+def test_ponet_counts_on_the_meta_device_at_224():
+    info = model_info(["mixer=ponet", "backbone=vit_tiny", "data.img_size=224", "data.in_chans=3"])
+    C, head_1000_to_10 = 192, -990 * 192 - 990  # DeiT-Ti with 12 x (6C^2 + 6C) for attention's 4C^2 + 4C
+    assert info["tokens"] == 197 and info["params"] == 5_717_416 + head_1000_to_10 + 12 * (2 * C * C + 2 * C)
