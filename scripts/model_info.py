@@ -60,7 +60,8 @@ def model_info(overrides: list[str], memory_batch: int = 0) -> dict:
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--memory-batch", type=int, default=DEFAULT_MEMORY_BATCH,
                         help="batch of the measured training step (0: skip the memory figure)")
     args, overrides = parser.parse_known_args(argv)
