@@ -8,11 +8,12 @@
     D[k, d] = 1 / (1 + sum_i pi[k, i] w[k, i, d]^2)     a per-head, per-channel second moment
     out[k, i, d] = -Pi[k, i] w[k, i, d] D[k, d]         merge heads, then Linear(C, C)
 
-Tokens interact only through the per-head statistics D: O(N C) time. 2C^2 + 2C + H parameters per layer
-(projection with ``qkv_bias``, output projection, temperatures tau init 1). tau is kept out of weight
-decay as in the official code (:meth:`TSSA.no_weight_decay`). The statistics (norms over tokens, squares,
-the head softmax) are computed in float32 even under bf16 autocast: sums of squares over ~200 tokens lose
-too much in bf16's 8-bit mantissa; the result is cast back to the input dtype before the output projection.
+Tokens interact only through the per-head statistics D: O(N C) time (hand-written: not in timm).
+2C^2 + 2C + H parameters per layer (projection with ``qkv_bias``, output projection, temperatures tau,
+init 1). tau is kept out of weight decay as in the official code (:meth:`TSSA.no_weight_decay`). The
+statistics (norms over tokens, squares, the head softmax) are computed in float32 even under bf16 autocast:
+sums of squares over ~200 tokens lose too much in bf16's 8-bit mantissa; the result is cast back to the
+input dtype before the output projection.
 
 Some derived copies take the softmax over the tokens instead; the official code, and this module, take it
 over the heads. CLS handling: the reference model (XCiT-style) has no CLS token in its TSSA layers (CLS
