@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
+from functools import partial
 
 import torch
 from timm.layers import DropPath, LayerScale, Mlp, PatchEmbed, trunc_normal_
@@ -70,8 +71,8 @@ class BlockSpec:
 class TokenGroupNorm(nn.GroupNorm):
     """GroupNorm(1, C) on (B, N, C) tokens: normalise over all tokens and channels of a sample."""
 
-    def __init__(self, dim: int) -> None:
-        super().__init__(1, dim)
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__(1, dim, eps=eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x.transpose(1, 2)).transpose(1, 2)
@@ -89,10 +90,11 @@ class Block(nn.Module):
         mlp_ratio: float = 4.0,
         drop_path: float = 0.0,
         proj_drop: float = 0.0,
+        norm_eps: float = 1e-5,
     ) -> None:
         super().__init__()
         self.spec = spec
-        norm = NORM_LAYERS[spec.norm]
+        norm = partial(NORM_LAYERS[spec.norm], eps=norm_eps)
         self.norm1 = norm(dim) if spec.mixer_norm else nn.Identity()
         self.mixer = mixer
         self.ls1 = LayerScale(dim, spec.layer_scale) if spec.layer_scale else nn.Identity()
@@ -155,6 +157,28 @@ def layer_plan(
     return plan
 
 
+# learned: one per token, CLS included (DeiT); learned_patches: patches only (ConViT); none
+POS_EMBEDS = ("learned", "learned_patches", "none")
+
+
+def check_cls_from_layer(cls_from_layer: int, depth: int, head: str, pos_embed: str) -> None:
+    """``backbone.cls_from_layer=k``: the CLS token joins before layer k (ConViT's local_up_to_layer)."""
+    if cls_from_layer == 0:
+        return
+    key = f"backbone.cls_from_layer={cls_from_layer}"
+    if not isinstance(cls_from_layer, int) or not 0 < cls_from_layer < depth:
+        raise ConfigError(
+            f"{key} must be an integer in [0, backbone.depth={depth}): a later CLS token is never mixed"
+        )
+    if head != "cls":
+        raise ConfigError(f"{key} needs backbone.head=cls (backbone.head={head!r} has no CLS token)")
+    if pos_embed == "learned":
+        raise ConfigError(
+            f"{key} with backbone.pos_embed=learned: the position embedding would cover a CLS token that "
+            "joins later; use backbone.pos_embed=learned_patches"
+        )
+
+
 class VisionTransformer(nn.Module):
     def __init__(
         self,
@@ -169,6 +193,8 @@ class VisionTransformer(nn.Module):
         mlp_ratio: float = 4.0,
         head: str = "cls",
         pos_embed: str = "learned",
+        cls_from_layer: int = 0,
+        norm_eps: float = 1e-5,
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
         block: Mapping | None = None,
@@ -183,21 +209,22 @@ class VisionTransformer(nn.Module):
         check_heads(embed_dim, num_heads, "backbone.num_heads")
         if head not in ("cls", "gap"):
             raise ConfigError(f"backbone.head={head!r} must be 'cls' or 'gap'")
-        if pos_embed not in ("learned", "none"):
-            raise ConfigError(f"backbone.pos_embed={pos_embed!r} must be 'learned' or 'none'")
+        if pos_embed not in POS_EMBEDS:
+            raise ConfigError(f"backbone.pos_embed={pos_embed!r} must be one of {list(POS_EMBEDS)}")
+        check_cls_from_layer(cls_from_layer, depth, head, pos_embed)
         self.num_classes = num_classes
         self.img_size = img_size
         self.head_type = head
+        self.cls_from_layer = cls_from_layer
         grid = img_size // patch_size
         self.layout = TokenLayout(grid=(grid, grid), num_prefix=1 if head == "cls" else 0)
+        patches_only = TokenLayout(grid=(grid, grid), num_prefix=0)  # layers before the CLS token joins
 
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if head == "cls" else None
-        self.pos_embed = (
-            nn.Parameter(torch.zeros(1, self.layout.num_tokens, embed_dim))
-            if pos_embed == "learned"
-            else None
-        )
+        pos_tokens = self.layout.num_tokens if pos_embed == "learned" else self.layout.num_patches
+        self.pos_embed = nn.Parameter(torch.zeros(1, pos_tokens, embed_dim)) if pos_embed != "none" else None
+        self.pos_embed_prefix = pos_embed == "learned"
         self.pos_drop = nn.Dropout(drop_rate)
 
         plan = layer_plan(depth, mixer, block, schedule)
@@ -206,18 +233,27 @@ class VisionTransformer(nn.Module):
             *(
                 Block(
                     embed_dim,
-                    factory(dim=embed_dim, layout=self.layout, layer_index=i, num_layers=depth),
+                    factory(
+                        dim=embed_dim,
+                        layout=self.layout if i >= cls_from_layer else patches_only,
+                        layer_index=i,
+                        num_layers=depth,
+                    ),
                     spec,
                     mlp_ratio=mlp_ratio,
                     drop_path=drop_paths[i],
                     proj_drop=drop_rate,
+                    norm_eps=norm_eps,
                 )
                 for i, (factory, spec) in enumerate(plan)
             )
         )
-        self.norm = nn.LayerNorm(embed_dim)
+        self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
         self.head = nn.Linear(embed_dim, num_classes)
         self._init_weights()
+        for module in self.modules():  # a paper's own initialisation (ConViT's local init) comes last
+            if module is not self and callable(getattr(module, "reset_mixer_parameters", None)):
+                module.reset_mixer_parameters()
 
     def _init_weights(self) -> None:
         if self.pos_embed is not None:
@@ -246,11 +282,17 @@ class VisionTransformer(nn.Module):
                 f"but got {tuple(images.shape[-2:])}"
             )
         x = self.patch_embed(images)  # (B, h*w, D)
-        if self.cls_token is not None:
+        if self.pos_embed is not None and not self.pos_embed_prefix:
+            x = x + self.pos_embed  # patches only: the CLS token carries no position
+        if self.cls_token is not None and self.cls_from_layer == 0:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, 1+h*w, D)
-        if self.pos_embed is not None:
+        if self.pos_embed is not None and self.pos_embed_prefix:
             x = x + self.pos_embed
-        x = self.blocks(self.pos_drop(x))
+        x = self.pos_drop(x)
+        for i, block in enumerate(self.blocks):
+            if self.cls_token is not None and i == self.cls_from_layer > 0:
+                x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # CLS joins late
+            x = block(x)
         return self.norm(x)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
