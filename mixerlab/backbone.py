@@ -7,6 +7,9 @@
 The default block is DeiT's pre-norm block. Papers that depart from it (GFNet's single residual, FNet's
 post-norm, the feed-forward-only model's MLP-first order, PoolFormer's GroupNorm and LayerScale) are
 expressed through :class:`BlockSpec` options in config, so no code here knows which mixer it holds.
+ConViT's departures are backbone options: ``cls_from_layer`` (the CLS token joins before layer k; earlier
+mixers get a layout without prefix), ``pos_embed=learned_patches`` and ``norm_eps``. A mixer with its paper's
+own initialisation defines ``reset_mixer_parameters()``, called after the generic init below.
 """
 
 from __future__ import annotations

@@ -29,6 +29,13 @@ MIXERS = [
     "fnet",
     "afno",
     "xca",
+    "gpsa",
+    "axial",
+    "axial_row",
+    "axial_col",
+    "halo",
+    "ffnified",
+    "hyena",
 ]
 CLS_GRID = TokenLayout(grid=(4, 4), num_prefix=1)
 GRID = TokenLayout(grid=(4, 4), num_prefix=0)

@@ -29,6 +29,10 @@ PRESETS = [
     "fibottention_vit_t",
     "fibottention_vit_s",
     "fibottention_vit_b",
+    "convit_tiny",
+    "convit_small",
+    "convit_base",
+    "axial_vit_tiny",
 ]
 
 EXACT_PARAMS = {
@@ -40,6 +44,10 @@ EXACT_PARAMS = {
     "spectformer_b": 57_159_656,
     "fibottention_vit_t": 5_717_416,
     "fibottention_vit_s": 22_050_664,  # masks add no parameters
+    "convit_tiny": 5_710_512,  # timm.create_model("convit_tiny") (tests/test_mixers_gpsa.py builds it)
+    "convit_small": 27_777_322,
+    "convit_base": 86_540_040,
+    "axial_vit_tiny": 5_717_416,  # an axis layer has MHSA's parameters
 }
 APPROX_PARAMS = {  # reported to 3-4 significant digits: within 0.5%
     "deit_base": 86.57e6,
