@@ -58,3 +58,9 @@ def test_axial_vit_tiny_alternates_row_and_column_blocks_at_deit_tis_count():
     model = build_backbone(compose_config(["experiment=axial_vit_tiny"]))
     assert [b.mixer.axis for b in model.blocks] == ["row", "col"] * 6
     assert count_parameters(model) == 5_717_416
+
+
+def test_axial_at_224_16_in_the_backbone():
+    model = build_backbone(compose_config(["mixer=axial", "data.img_size=224", "backbone.patch_size=16",
+                                           "backbone.head=cls"]))
+    assert model(torch.randn(1, 1, 224, 224)).shape == (1, 10)

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from mixerlab.backbone import count_parameters
 from mixerlab.build import build_backbone, compose_config
+from mixerlab.costs import weights_sha256
 from mixerlab.errors import ConfigError
 from mixers.contract import TokenLayout
 from mixers.ffnified import FFNified
@@ -65,3 +66,17 @@ def test_ffnified_starts_from_ffnets_init_and_names_a_bad_kernel():
     assert conv.weight.std() < 0.03 and torch.equal(conv.bias, torch.zeros(64))  # trunc-normal 0.02
     with pytest.raises(ConfigError, match=r"mixer\.kernel_size=5"):
         build_backbone(compose_config(["mixer=ffnified", "mixer.kernel_size=5"]))
+
+
+def test_ffnified_at_224_16_with_the_large_kernel():
+    m = FFNified(32, TokenLayout(grid=(14, 14), num_prefix=1), kernel_size=7)
+    x = torch.randn(2, 197, 32)
+    out = m(x)
+    assert out.shape == x.shape and torch.equal(out[:, 0], x[:, 0])
+
+
+def test_weights_digest_covers_the_batchnorm_step_counter():
+    model = build_backbone(compose_config(["mixer=ffnified"]))
+    before = weights_sha256(model)
+    model.blocks[0].mixer.fc.bn.num_batches_tracked += 1  # a 0-d long buffer
+    assert weights_sha256(model) != before

@@ -87,3 +87,10 @@ def test_hyena_names_its_fixed_grid_key():
         build_backbone(compose_config(["mixer=hyena", "mixer.grid_size=5"]))
     with pytest.raises(ConfigError, match="square"):
         Hyena2D(8, TokenLayout(grid=(2, 4)))
+
+
+def test_hyena_at_224_16_keeps_the_grid_and_the_cls_token():
+    m = Hyena2D(32, TokenLayout(grid=(14, 14), num_prefix=1))
+    x = torch.randn(1, 197, 32)
+    out = m(x)
+    assert out.shape == x.shape and torch.equal(out[:, 0], x[:, 0]) and torch.isfinite(out).all()
