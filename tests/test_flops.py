@@ -117,6 +117,42 @@ def combiner(c: Case) -> int:
     return linear(c.N, c.C, 3 * c.C) + 4 * M * c.C * (1 + s + n) + linear(c.N, c.C, c.C)
 
 
+
+def gpsa(c: Case) -> int:
+    # W_qk, W_v, W_o; v_pos = Linear(3, H) on the N x N offsets; q kᵀ and A v over every head
+    n = c.h * c.w
+    return linear(n, c.C, 3 * c.C) + linear(n, c.C, c.C) + linear(n * n, 3, c.heads) + 4 * n * n * c.C
+
+
+def axis_attention(axis: str):
+    def flops(c: Case) -> int:
+        line = c.w if axis == "row" else c.h  # each patch attends to the patches of its row / column
+        return linear(c.N, c.C, 3 * c.C) + 4 * c.N * line * c.C + linear(c.N, c.C, c.C)
+
+    return flops
+
+
+def halo(c: Case) -> int:
+    b, halo_size = c.opt["block_size"], c.opt["halo_size"]
+    win = b + 2 * halo_size  # a query sees its block's (b + 2 halo)^2 window; 2 relative tables of 2 win - 1
+    qkv = linear(c.N, c.C, 3 * c.C)  # 1x1 convs q and kv
+    return qkv + 4 * c.N * win * win * c.C + 2 * linear(c.N, c.C, 2 * win - 1) + linear(c.N, c.C, c.C)
+
+
+def ffnified(c: Case) -> int:
+    k = c.opt["kernel_size"]
+    taps = k * k + (k // 2) ** 2 if k == 7 else k * k  # RepVGGDW: k x k and k//2 x k//2 branches
+    return linear(c.N, c.C, c.C) + 2 * 2 * c.N * c.C * taps  # 1x1 conv, two depthwise convs
+
+
+def hyena(c: Case) -> int:
+    n, F = c.h * c.w, c.opt["filter_order"]  # square grid, order 2, four directions
+    filter_mlp = linear(c.h, 3, F) + 2 * linear(c.h, F, F) + linear(c.h, F, c.C)  # on the h positions
+    padded = 4 * n  # each FFT on the zero-padded 2h x 2w grid
+    ffts = (4 * c.C + c.C + 4 * c.C) * fft(padded, real=True)  # rfft2 of 4 flips and of K, irfft2 of 4
+    return (linear(n, c.C, 3 * c.C) + 2 * n * 3 * c.C * 9 + 2 * filter_mlp + int(ffts)
+            + linear(n * c.C, 4, 1) + linear(n, c.C, c.C))
+
 ANALYTIC = {
     "attention": attention,
     "tost": tssa,
@@ -131,6 +167,13 @@ ANALYTIC = {
     "random": random_mixing,
     "pooling": lambda c: 0,  # a 3x3 average: additions only (elementwise, not counted)
     "identity": lambda c: 0,
+    "gpsa": gpsa,
+    "axial_row": axis_attention("row"),
+    "axial_col": axis_attention("col"),
+    "axial": lambda c: axis_attention("row")(c) + axis_attention("col")(c),
+    "halo": halo,
+    "ffnified": ffnified,
+    "hyena": hyena,
 }
 
 MIXER_YAMLS = sorted(p.stem for p in (CONF_DIR / "mixer").glob("*.yaml"))

@@ -32,6 +32,13 @@ MIXERS = [
     "tost",
     "ponet",
     "combiner",
+    "gpsa",
+    "axial",
+    "axial_row",
+    "axial_col",
+    "halo",
+    "ffnified",
+    "hyena",
 ]
 CLS_GRID = TokenLayout(grid=(4, 4), num_prefix=1)
 GRID = TokenLayout(grid=(4, 4), num_prefix=0)
