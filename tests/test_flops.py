@@ -226,8 +226,9 @@ def test_every_sdpa_and_fft_op_of_this_torch_has_a_formula():
         op = getattr(torch.ops.aten, name, None)
         if op is not None:
             assert op in flop_registry, name
-    # this torch's CPU fused attention is one it lacks; whoever provides it, it counts now
+    # mixerlab's formula counts the CPU's fused attention on every torch, replacing torch's where it has one
     assert "_scaled_dot_product_flash_attention_for_cpu" in costs.FORMULA_SOURCE
+    assert flop_registry[torch.ops.aten._scaled_dot_product_flash_attention_for_cpu] is not None
 
 
 def test_sdpa_is_counted_on_the_cpu_forward_and_backward_whatever_the_backend():
