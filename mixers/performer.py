@@ -88,7 +88,7 @@ class Performer(nn.Module):
         """phi(u): (B, h, N, d) float32 -> (B, h, N, m) positive features."""
         m, d = self.projection.shape
         u = u * d**-0.25
-        wu = u @ self.projection.T  # (B, h, N, m)
+        wu = u @ self.projection.to(u.dtype).T  # (B, h, N, m)
         if self.kernel == "relu":
             return torch.relu(wu) + 1e-3
         dims = (-1,) if is_query else (-2, -1)
@@ -103,9 +103,10 @@ class Performer(nn.Module):
             self.step += 1
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, h, N, d)
+        wide = torch.promote_types(x.dtype, torch.float32)  # half -> float32; float64 stays
         with autocast_off(x.device):
-            q_f, k_f = self.features(q.float(), True), self.features(k.float(), False)  # (B, h, N, m)
-            kv = k_f.transpose(-2, -1) @ v.float()  # (B, h, m, d)
+            q_f, k_f = self.features(q.to(wide), True), self.features(k.to(wide), False)  # (B, h, N, m)
+            kv = k_f.transpose(-2, -1) @ v.to(wide)  # (B, h, m, d)
             normaliser = q_f @ k_f.sum(dim=-2, keepdim=True).transpose(-2, -1)  # (B, h, N, 1) = D
             y = (q_f @ kv) / normaliser
         y = y.to(x.dtype).transpose(1, 2).reshape(B, N, C)
