@@ -123,3 +123,12 @@ def test_under_ddp_every_rank_applies_the_global_batchs_centroid_update(tmp_path
 def test_impossible_options_fail_at_config_time_naming_the_key(key, value):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         build_backbone(compose_config(["mixer=routing", f"{key}={value}"]))
+
+
+def test_centroids_stay_float32_unit_vectors_under_bf16_autocast():
+    mixer = RoutingAttention(16, GRID, num_heads=2).train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for _ in range(2):
+            out = mixer(torch.randn(2, 16, 16).bfloat16())
+    assert out.dtype == torch.bfloat16 and mixer.means.dtype == torch.float32
+    torch.testing.assert_close(mixer.means.norm(dim=-1), torch.ones(2, 4))
