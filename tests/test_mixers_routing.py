@@ -125,10 +125,11 @@ def test_impossible_options_fail_at_config_time_naming_the_key(key, value):
         build_backbone(compose_config(["mixer=routing", f"{key}={value}"]))
 
 
-def test_centroids_stay_float32_unit_vectors_under_bf16_autocast():
+def test_centroids_stay_float32_under_bf16_autocast():
     mixer = RoutingAttention(16, GRID, num_heads=2).train()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         for _ in range(2):
             out = mixer(torch.randn(2, 16, 16).bfloat16())
     assert out.dtype == torch.bfloat16 and mixer.means.dtype == torch.float32
-    torch.testing.assert_close(mixer.means.norm(dim=-1), torch.ones(2, 4))
+    # k-means leaves unit centroids; the EMA of unit vectors (not renormalised, as in lucidrains) stays near 1
+    torch.testing.assert_close(mixer.means.norm(dim=-1), torch.ones(2, 4), atol=1e-2, rtol=0)
