@@ -34,8 +34,9 @@ KERNELS = ("softmax", "relu")
 
 def orthogonal_gaussian(m: int, d: int, generator: torch.Generator) -> torch.Tensor:
     """(m, d): ceil(m / d) blocks of orthonormal rows, each row scaled to a chi_d-distributed norm."""
-    blocks = [torch.linalg.qr(torch.randn(d, d, generator=generator))[0].T for _ in range(-(-m // d))]
-    norms = torch.randn(m, d, generator=generator).norm(dim=1, keepdim=True)
+    gaussian = lambda *shape: torch.randn(*shape, generator=generator, device="cpu")  # noqa: E731
+    blocks = [torch.linalg.qr(gaussian(d, d))[0].T for _ in range(-(-m // d))]
+    norms = gaussian(m, d).norm(dim=1, keepdim=True)
     return torch.cat(blocks)[:m] * norms
 
 

@@ -86,8 +86,9 @@ class RoutingAttention(nn.Module):
         """Spherical k-means on the first training batch, points (h, P, d)."""
         c = self.means.shape[1]
         generator = step_generator(self.seed, self.layer_index, 0, torch.device("cpu"))
-        pick = torch.randperm(points.shape[1], generator=generator)[:c]
-        pick = pick if len(pick) == c else torch.randint(points.shape[1], (c,), generator=generator)
+        n = points.shape[1]  # c distinct tokens, or with repeats when the batch has fewer than c
+        pick = torch.randperm(n, generator=generator, device="cpu")[:c]
+        pick = pick if len(pick) == c else torch.randint(n, (c,), generator=generator, device="cpu")
         means = points[:, pick.to(points.device)]
         all_reduce_sum_(means)
         means = F.normalize(means, dim=-1)
