@@ -105,3 +105,31 @@ def test_ema_copies_the_buffers_a_module_marks_and_averages_the_rest():
     ema.update(model, step=10)
     copy_unaveraged_buffers(ema.module, model)
     assert (ema.module[0].matrix == 4.0).all() and (ema.module[0].running == 2.0).all()
+
+
+def test_the_recipe_optimises_the_classification_loss_plus_the_aux_losses():
+    from types import SimpleNamespace
+
+    from mixers.attention import Attention
+
+    class PenalisedAttention(Attention):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = super().forward(x)
+            self.aux_loss = 0.5 * y.pow(2).mean() if self.training else None
+            return y
+
+    model = tiny_vit(lambda **kw: PenalisedAttention(num_heads=2, **kw))
+    recipe = Recipe(model, label_smoothing=0.0, mixup={"prob": 0.0})
+    recipe._trainer = SimpleNamespace(strategy=None, progress_bar_callback=None)
+    images, targets = torch.randn(4, 1, 16, 16), torch.tensor([0, 1, 2, 3])
+    torch.manual_seed(0)
+    loss = recipe.training_step((images, targets), 0)
+    assert pop_aux_losses(model) is None  # the recipe took them: none left for the next step
+    torch.manual_seed(0)
+    logits = model(images)
+    aux = pop_aux_losses(model)
+    assert aux is not None and aux > 0
+    task = torch.nn.functional.cross_entropy(logits, targets)
+    torch.testing.assert_close(loss, task + aux)
+    torch.testing.assert_close(recipe.train_aux_loss.compute(), aux.detach())
+    torch.testing.assert_close(recipe.train_loss.compute(), task.detach())  # train/loss: classification only
