@@ -11,7 +11,7 @@ arXiv 2003.05997; official TF google-research ``routing_transformer/utils.py``, 
 Centroids are persistent buffers: on the first training batch, ``kmeans_init_iters`` (10) spherical k-means
 iterations from c sampled tokens (sample drawn from ``seed`` and the layer index); then after every
 training forward mu <- decay mu + (1 - decay) normalise(sum of the tokens assigned to mu), decay 0.999
-(clusters nobody chose keep theirs). The update is applied in the forward (performer-pytorch's sibling
+(clusters nobody chose keep theirs). The update is applied in the forward (lucidrains' RoutingTransformerLM
 applies it from a backward hook; the same step). Under DDP the sums and counts are all-reduced first, so
 every rank holds the same centroids. Commitment loss ``commitment`` (1e-4) x MSE(q^, mu_assigned) is set as
 ``aux_loss`` (the recipe adds it). All heads are routed (lucidrains' local heads are causal-only); c = null
