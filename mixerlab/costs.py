@@ -271,7 +271,8 @@ def weights_sha256(model: nn.Module) -> str:
     """SHA-256 over every parameter and buffer (name, dtype, shape, bytes), in name order."""
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()  # reshape(-1): 0-d buffers (step counters) have bytes too
+        t = tensor.detach().cpu().contiguous()
         digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        # reshape(-1): 0-d buffers (BatchNorm's num_batches_tracked) have no byte view of their own
         digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()
