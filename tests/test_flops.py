@@ -99,6 +99,33 @@ def random_mixing(c: Case) -> int:
     return 2 * c.N * c.N * c.C  # R (N x N) times x (N x C)
 
 
+def performer(c: Case) -> int:
+    d = c.C // c.heads
+    m = c.opt["num_features"] or int(d * math.log(d))  # null: d ln d
+    # per head: features W q', W k' (N, d) x (d, m); φ(K)ᵀ V (m, N) x (N, d); φ(Q) (φ(K)ᵀ V) (N, m) x (m, d);
+    # D = φ(Q) Σ φ(K) (N, m) x (m, 1)
+    per_head = 2 * (2 * c.N * d * m) + 2 * m * c.N * d + 2 * c.N * m * d + 2 * c.N * m
+    return linear(c.N, c.C, 3 * c.C) + c.heads * per_head + linear(c.N, c.C, c.C)
+
+
+def nystrom(c: Case) -> int:
+    d = c.C // c.heads
+    m = c.opt["num_landmarks"] or min(64, c.N // 2)  # null: min(64, N // 2)
+    iterations = c.opt["pinv_iterations"]
+    # per head: q k~ᵀ (N, m), q~ kᵀ (m, N), q~ k~ᵀ (m, m); Newton-Schulz: 4 (m x m) products per iteration;
+    # kernel_1 · pinv (N, m) x (m, m); kernel_3 · v (m, N) x (N, d); then (N, m) x (m, d)
+    per_head = 2 * c.N * m * d * 2 + 2 * m * m * d + iterations * 4 * 2 * m**3 + 2 * c.N * m * m
+    per_head += 2 * m * c.N * d + 2 * c.N * m * d
+    return linear(c.N, c.C, 3 * c.C) + c.heads * per_head + linear(c.N, c.C, c.C)
+
+
+def routing(c: Case) -> int:
+    d = c.C // c.heads
+    clusters = c.opt["num_clusters"] or round(math.sqrt(c.N))  # null: round(sqrt(N))
+    w = c.N // clusters
+    # W_qk, W_v, W_o; per head: routing scores q^ μᵀ (N, d) x (d, c); per cluster q k^ᵀ and A v, (w, w) each
+    per_head = 2 * c.N * d * clusters + clusters * (2 * w * w * d + 2 * w * w * d)
+    return 3 * linear(c.N, c.C, c.C) + c.heads * per_head
 def tssa(c: Case) -> int:
     # one projection, per head the (1, N) x (N, d) second moment pi·w², output projection
     return linear(c.N, c.C, c.C) + 2 * c.N * c.C + linear(c.N, c.C, c.C)
@@ -174,6 +201,9 @@ ANALYTIC = {
     "halo": halo,
     "ffnified": ffnified,
     "hyena": hyena,
+    "performer": performer,
+    "nystrom": nystrom,
+    "routing": routing,
 }
 
 MIXER_YAMLS = sorted(p.stem for p in (CONF_DIR / "mixer").glob("*.yaml"))
