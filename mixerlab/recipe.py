@@ -4,7 +4,8 @@ AdamW with no weight decay on 1-D parameters, position embedding and CLS token; 
 512 with global batch = per-device batch x devices x nodes x accumulation; per-step linear warmup from
 ``warmup_lr`` then cosine to ``min_lr`` (``decay=constant``: the peak held); Mixup/CutMix with label
 smoothing and soft-target cross-entropy; optional EMA (evaluated and reported separately) and gradient
-clipping. The pieces are timm's and torch's.
+clipping. The pieces are timm's and torch's. ``dense_finetune_epochs=k``: the last k epochs run with
+train-time-only mixer options off (SSA's key subsampling; ``mixers.contract.set_dense``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from mixerlab.nonfinite import (
     loss_is_finite,
     nonfinite_loss_message,
 )
+from mixers.contract import set_dense
 
 
 def global_batch_size(per_device: int, world_size: int, accumulation: int) -> int:
@@ -89,12 +91,20 @@ class Recipe(L.LightningModule):
         ema_decay: float | None = None,
         clip_grad: float | None = None,
         nan_policy: str = "stop",
+        dense_finetune_epochs: int = 0,
     ) -> None:
         super().__init__()
         if nan_policy not in NAN_POLICIES:
             raise ConfigError(f"recipe.nan_policy={nan_policy!r}: use one of {', '.join(NAN_POLICIES)}")
         if decay not in DECAYS:
             raise ConfigError(f"recipe.decay={decay!r}: use one of {', '.join(DECAYS)}")
+        if not isinstance(dense_finetune_epochs, int) or dense_finetune_epochs < 0:
+            raise ConfigError(f"recipe.dense_finetune_epochs={dense_finetune_epochs!r}: give an integer >= 0")
+        if dense_finetune_epochs and not set_dense(backbone, False):
+            raise ConfigError(
+                f"recipe.dense_finetune_epochs={dense_finetune_epochs} but no module of this model has a "
+                "train-time-only option to switch off (e.g. mixer.ssa={factor:4} of attention): set it to 0"
+            )
         self.save_hyperparameters(ignore=["backbone"])
         optimizer_impl_kwargs(opt_impl, opt, opt_kwargs)  # a bad recipe.opt_impl fails here, before any data
         self.backbone = backbone
@@ -145,6 +155,12 @@ class Recipe(L.LightningModule):
         self.global_batch = global_batch_size(batch, trainer.world_size, trainer.accumulate_grad_batches)
         hp = self.hparams
         self.peak_lr = scaled_lr(hp.lr, self.global_batch, hp.lr_batch_base) if hp.scale_lr else hp.lr
+        epochs, finetune = trainer.max_epochs, hp.dense_finetune_epochs
+        if finetune and (epochs is None or epochs < finetune):
+            raise ConfigError(
+                f"recipe.dense_finetune_epochs={finetune} needs an epoch budget of at least as many epochs "
+                f"(trainer.max_epochs={epochs}): the stage is the last epochs of the run"
+            )
         if self.mixup_fn is not None and batch % 2:
             raise ConfigError(f"data.batch_size={batch} must be even when Mixup/CutMix is on (recipe.mixup)")
 
@@ -187,6 +203,9 @@ class Recipe(L.LightningModule):
         return self.backbone(images)
 
     def on_train_epoch_start(self) -> None:
+        finetune = self.hparams.dense_finetune_epochs
+        if finetune:  # every epoch, a resumed one too, sets its own stage
+            set_dense(self.backbone, self.current_epoch >= self.trainer.max_epochs - finetune)
         self._epoch_start = time.perf_counter()
         self._epoch_images = 0
         self._train_seconds = None

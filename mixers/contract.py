@@ -74,3 +74,18 @@ def autocast_off(device: torch.device) -> contextlib.AbstractContextManager:
     if torch.amp.is_autocast_available(device.type):
         return torch.autocast(device_type=device.type, enabled=False)
     return contextlib.nullcontext()
+
+
+def set_dense(model: torch.nn.Module, dense: bool) -> int:
+    """Turn train-time-only mixer options off (``dense=True``) or back on, e.g. SSA's key subsampling.
+
+    A module that may have such an option exposes ``set_dense(bool) -> bool`` (True: it has one); the
+    recipe's dense fine-tune stage (``recipe.dense_finetune_epochs``) calls this on the backbone at each
+    training epoch's start, so a resumed run sets the same flag. Evaluation never uses the options.
+    Returns the number of modules that have one.
+    """
+    switched = 0
+    for module in model.modules():
+        if module is not model and callable(getattr(module, "set_dense", None)):
+            switched += bool(module.set_dense(dense))
+    return switched
