@@ -78,7 +78,7 @@ class Attention(nn.Module):
         self.ssa = check_ssa(ssa)
         self.dense = False
         if self.ssa is not None:  # only then: dense attention's state dict (and weight digests) unchanged
-            self.register_buffer("ssa_step", torch.zeros((), dtype=torch.long))
+            self.register_buffer("ssa_step", torch.zeros(1, dtype=torch.long))  # 1-D: digests view bytes
 
     def set_dense(self, dense: bool) -> bool:
         """Train-time-only options off (the recipe's dense fine-tune stage); whether this layer has any."""

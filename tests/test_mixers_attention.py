@@ -94,7 +94,7 @@ def test_the_step_counter_is_state_and_replays_the_same_subsets():
     assert "ssa_step" in m.state_dict() and int(m.state_dict()["ssa_step"]) == 3
     assert not torch.allclose(first[0], first[1]), "a new subset each step"
     other = make(layout, local_bias=False)
-    other.load_state_dict({**m.state_dict(), "ssa_step": torch.tensor(1)})
+    other.load_state_dict({**m.state_dict(), "ssa_step": torch.tensor([1])})
     assert torch.equal(other(x), first[1])
     assert not torch.allclose(make(layout, False, layer_index=1)(x), first[0]), "layers draw apart"
     assert "ssa_step" not in Attention(16, layout, num_heads=2).state_dict(), "dense state unchanged"
