@@ -145,6 +145,7 @@ class Recipe(L.LightningModule):
         self.history: list[dict] = []  # one row per epoch; kept in checkpoints
         self.first_step_at: float | None = None  # perf_counter at the first optimizer step (start-up)
         self.skipped_steps = 0  # non-finite losses skipped under nan_policy=skip
+        self._dense_stage: bool | None = None  # recipe.dense_finetune_epochs: the stage last set
 
     # ---------------------------------------------------------------- set-up
     def setup(self, stage: str) -> None:
@@ -203,12 +204,18 @@ class Recipe(L.LightningModule):
         return self.backbone(images)
 
     def on_train_epoch_start(self) -> None:
-        finetune = self.hparams.dense_finetune_epochs
-        if finetune:  # every epoch, a resumed one too, sets its own stage
-            set_dense(self.backbone, self.current_epoch >= self.trainer.max_epochs - finetune)
         self._epoch_start = time.perf_counter()
         self._epoch_images = 0
         self._train_seconds = None
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        # the dense fine-tune stage, set from the epoch before every batch: Lightning skips the epoch-start
+        # hook when it resumes mid-epoch, and a resumed run must be in the stage the uninterrupted one was
+        finetune = self.hparams.dense_finetune_epochs
+        dense = bool(finetune) and self.current_epoch >= self.trainer.max_epochs - finetune
+        if finetune and dense != self._dense_stage:
+            set_dense(self.backbone, dense)
+            self._dense_stage = dense
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, targets = batch

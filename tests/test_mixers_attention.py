@@ -114,12 +114,14 @@ def test_dense_finetune_needs_a_train_time_option():
         build_recipe(cfg, build_backbone(cfg))
 
 
-# 2 epochs of 22 steps on digits, SSA in every layer, the last epoch dense; a checkpoint every 5 steps
+# 2 epochs of 6 steps on digits, SSA in every layer, the last epoch dense; a checkpoint every 2 steps
 SSA_RUN = (
     "trainer.max_epochs=2",
+    "+trainer.limit_train_batches=6",
+    "+trainer.limit_val_batches=1",
     "mixer.ssa={factor:4,local_bias:true}",
     "recipe.dense_finetune_epochs=1",
-    "callbacks.checkpoint.every_n_steps=5",
+    "callbacks.checkpoint.every_n_steps=2",
     "~callbacks.progress",
     "+trainer.enable_progress_bar=false",
 )
@@ -130,13 +132,13 @@ def test_ssa_run_killed_twice_resumes_to_the_same_weights_and_the_last_epoch_is_
     _, ref = run_train(tmp_path / "ref", *SSA_RUN, env=ENV)
     state = torch.load(tmp_path / "ref" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     counters = {k: int(v) for k, v in state.items() if k.endswith("ssa_step") and not k.startswith("ema")}
-    assert len(counters) == 4 and set(counters.values()) == {22}, "SSA in epoch 0 only (22 steps)"
+    assert len(counters) == 4 and set(counters.values()) == {6}, "SSA in epoch 0 only (6 steps)"
     run_dir = tmp_path / "run"
-    for step in (7, 27):  # inside the SSA epoch, then inside the dense epoch (resumes from step 25)
+    for step in (3, 9):  # inside the SSA epoch, then inside the dense epoch (resumes from step 8)
         proc, _ = run_train(run_dir, *SSA_RUN, "+callbacks.kill._target_=tests.faults.KillAt",
                             f"+callbacks.kill.step={step}", "+callbacks.kill.hook=batch_start",
                             check=False, env=ENV)
         assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     _, summary = run_train(run_dir, *SSA_RUN, env=ENV)
-    assert summary["steps"] == ref["steps"] == 44
+    assert summary["steps"] == ref["steps"] == 12
     assert summary["weights_sha256"] == ref["weights_sha256"]
