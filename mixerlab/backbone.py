@@ -7,12 +7,18 @@
 The default block is DeiT's pre-norm block. Papers that depart from it (GFNet's single residual, FNet's
 post-norm, the feed-forward-only model's MLP-first order, PoolFormer's GroupNorm and LayerScale) are
 expressed through :class:`BlockSpec` options in config, so no code here knows which mixer it holds.
+
+Every norm uses ``norm_eps``: 1e-6 in the ImageNet backbones (``conf/backbone/vit_{tiny,small,base}``), as in
+timm's ViT/DeiT and the GFNet, SpectFormer, feed-forward-only and Fibottention code
+(``partial(nn.LayerNorm, eps=1e-6)``), so timm's weights give identical logits here; torch's default 1e-5
+in the digits backbone, whose measured results (RESULTS.md) were run with it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
+from functools import partial
 
 import torch
 from timm.layers import DropPath, LayerScale, Mlp, PatchEmbed, trunc_normal_
@@ -70,8 +76,8 @@ class BlockSpec:
 class TokenGroupNorm(nn.GroupNorm):
     """GroupNorm(1, C) on (B, N, C) tokens: normalise over all tokens and channels of a sample."""
 
-    def __init__(self, dim: int) -> None:
-        super().__init__(1, dim)
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__(1, dim, eps=eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x.transpose(1, 2)).transpose(1, 2)
@@ -89,10 +95,11 @@ class Block(nn.Module):
         mlp_ratio: float = 4.0,
         drop_path: float = 0.0,
         proj_drop: float = 0.0,
+        norm_eps: float = 1e-5,
     ) -> None:
         super().__init__()
         self.spec = spec
-        norm = NORM_LAYERS[spec.norm]
+        norm = partial(NORM_LAYERS[spec.norm], eps=norm_eps)
         self.norm1 = norm(dim) if spec.mixer_norm else nn.Identity()
         self.mixer = mixer
         self.ls1 = LayerScale(dim, spec.layer_scale) if spec.layer_scale else nn.Identity()
@@ -171,6 +178,7 @@ class VisionTransformer(nn.Module):
         pos_embed: str = "learned",
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
+        norm_eps: float = 1e-5,
         block: Mapping | None = None,
         schedule: Sequence[Mapping] | None = None,
     ) -> None:
@@ -211,11 +219,12 @@ class VisionTransformer(nn.Module):
                     mlp_ratio=mlp_ratio,
                     drop_path=drop_paths[i],
                     proj_drop=drop_rate,
+                    norm_eps=norm_eps,
                 )
                 for i, (factory, spec) in enumerate(plan)
             )
         )
-        self.norm = nn.LayerNorm(embed_dim)
+        self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
         self.head = nn.Linear(embed_dim, num_classes)
         self._init_weights()
 
@@ -238,6 +247,14 @@ class VisionTransformer(nn.Module):
             if module is not self and callable(extra):
                 names |= {f"{module_name}.{n}" for n in extra()}
         return names
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Parameter groups by depth, timm's convention (timm's layer-wise LR decay reads this): the
+        embeddings first, then one group per block, the final norm last; the head gets the top LR."""
+        return {
+            "stem": r"^cls_token|^pos_embed|^patch_embed",
+            "blocks": r"^blocks\.(\d+)" if coarse else [(r"^blocks\.(\d+)", None), (r"^norm", (99999,))],
+        }
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         if images.shape[-2:] != (self.img_size, self.img_size):

@@ -23,6 +23,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from mixerlab import pretrained
 from mixerlab.errors import ConfigError, NonFiniteError
 from mixerlab.fastpath import optimizer_impl_kwargs
 from mixerlab.nonfinite import (
@@ -89,15 +90,20 @@ class Recipe(L.LightningModule):
         ema_decay: float | None = None,
         clip_grad: float | None = None,
         nan_policy: str = "stop",
+        freeze: Sequence[str] = (),
+        layer_decay: float | None = None,
     ) -> None:
         super().__init__()
         if nan_policy not in NAN_POLICIES:
             raise ConfigError(f"recipe.nan_policy={nan_policy!r}: use one of {', '.join(NAN_POLICIES)}")
         if decay not in DECAYS:
             raise ConfigError(f"recipe.decay={decay!r}: use one of {', '.join(DECAYS)}")
+        if layer_decay is not None and not 0 < layer_decay <= 1:
+            raise ConfigError(f"recipe.layer_decay={layer_decay}: use a factor in (0, 1], or null for none")
         self.save_hyperparameters(ignore=["backbone"])
         optimizer_impl_kwargs(opt_impl, opt, opt_kwargs)  # a bad recipe.opt_impl fails here, before any data
         self.backbone = backbone
+        self.frozen = pretrained.freeze(backbone, freeze)  # before the EMA copy, which then matches
         num_classes = backbone.num_classes
         mixup = dict(mixup or {})
         self.mixup_fn = None
@@ -149,8 +155,13 @@ class Recipe(L.LightningModule):
             raise ConfigError(f"data.batch_size={batch} must be even when Mixup/CutMix is on (recipe.mixup)")
 
     def build_optimizer(self) -> torch.optim.Optimizer:
-        """AdamW (timm) with weight decay off for 1-D parameters and the backbone's no_weight_decay()."""
+        """AdamW (timm) with weight decay off for 1-D parameters and the backbone's no_weight_decay().
+
+        Frozen parameters (``recipe.freeze``) are left out. ``recipe.layer_decay=d``: timm's layer-wise LR
+        decay (BEiT), each group's ``lr_scale`` = d^(depth + 1 - layer) over the backbone's
+        ``group_matcher`` layers (embeddings 0, blocks 1..depth, final norm and head depth + 1)."""
         hp = self.hparams
+        layer_decay = {"layer_decay": hp.layer_decay} if hp.layer_decay is not None else {}
         return create_optimizer_v2(
             self.backbone,
             opt=hp.opt,
@@ -158,6 +169,7 @@ class Recipe(L.LightningModule):
             weight_decay=hp.weight_decay,
             eps=hp.opt_eps,
             betas=tuple(hp.betas),
+            **layer_decay,
             **optimizer_impl_kwargs(hp.opt_impl, hp.opt, hp.opt_kwargs, cuda=self.device.type == "cuda"),
             **dict(hp.opt_kwargs or {}),
         )
@@ -277,6 +289,7 @@ class Recipe(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         check_finite_weights(self.backbone, self.global_step)
+        checkpoint["mixer_families"] = pretrained.mixer_families(self.backbone)  # for init.checkpoint surgery
         checkpoint["history"] = list(self.history)
         checkpoint["skipped_steps"] = self.skipped_steps
         # the epoch's running train loss is per rank: keep every rank's, so a run resumed mid-epoch

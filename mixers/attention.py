@@ -18,6 +18,9 @@ from mixers.contract import TokenLayout, check_heads
 
 
 class Attention(nn.Module):
+    # timm's ViT/DeiT attention has these parameters under these names (mixerlab/pretrained.py)
+    pretrained_family = "attention"
+
     def __init__(
         self,
         dim: int,

@@ -13,6 +13,11 @@ Adding a mixer is one ``mixers/<family>.py`` and one ``conf/mixer/<name>.yaml``;
 A mixer whose parameters fix the token count checks ``layout`` in ``__init__`` and raises
 :class:`mixerlab.errors.ConfigError` naming its config key, so a bad combination fails before any data
 is loaded.
+
+Pretrained weights (:mod:`mixerlab.pretrained`) load into a layer's mixer only when the checkpoint's mixer
+for that layer is of the same *family*: a class attribute ``pretrained_family = "name"`` (attention and
+Fibottention share ``"attention"``: the same ``qkv`` and ``proj``); a mixer without one is its own family.
+A mixer of another family is initialised afresh while the block's norms and MLP load.
 """
 
 from __future__ import annotations
