@@ -249,8 +249,9 @@ class VisionTransformer(nn.Module):
         return names
 
     def group_matcher(self, coarse: bool = False) -> dict:
-        """Parameter groups by depth, timm's convention (timm's layer-wise LR decay reads this): the
-        embeddings first, then one group per block, the final norm last; the head gets the top LR."""
+        """Parameter groups by depth, as timm's ViT defines them (timm's layer-wise LR decay reads this):
+        the embeddings first, one group per block, the final norm with the last block; the head, matched
+        by none, gets the top LR."""
         return {
             "stem": r"^cls_token|^pos_embed|^patch_embed",
             "blocks": r"^blocks\.(\d+)" if coarse else [(r"^blocks\.(\d+)", None), (r"^norm", (99999,))],

@@ -256,9 +256,9 @@ def resample_pos_embed(
             interpolation="bicubic", antialias=False,
         )
         notes.append(f"grid {side}x{side} -> {new_grid[0]}x{new_grid[1]} (bicubic)")
-    if tgt_prefix and src_prefix:
-        prefix = prefix[:, :tgt_prefix]
-    elif tgt_prefix:
+    if src_prefix >= tgt_prefix:
+        prefix = prefix[:, :tgt_prefix]  # CLS first in both (timm, DeiT): a distillation position dropped
+    else:
         prefix = target.detach()[:, :tgt_prefix].clone()
         notes.append("the checkpoint has no prefix position: the CLS position is initialised")
     if src_prefix != tgt_prefix:

@@ -159,7 +159,8 @@ class Recipe(L.LightningModule):
 
         Frozen parameters (``recipe.freeze``) are left out. ``recipe.layer_decay=d``: timm's layer-wise LR
         decay (BEiT), each group's ``lr_scale`` = d^(depth + 1 - layer) over the backbone's
-        ``group_matcher`` layers (embeddings 0, blocks 1..depth, final norm and head depth + 1)."""
+        ``group_matcher`` layers, grouped as timm groups its ViT: embeddings 0, block i i + 1 (the final
+        norm with the last block), the head depth + 1 (the full LR)."""
         hp = self.hparams
         layer_decay = {"layer_decay": hp.layer_decay} if hp.layer_decay is not None else {}
         return create_optimizer_v2(
