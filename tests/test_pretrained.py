@@ -203,6 +203,7 @@ def test_mixer_surgery_loads_shared_parts_and_initialises_the_new_mixers(files):
     assert torch.equal(state["blocks.4.mixer.qkv.weight"], ref["blocks.4.attn.qkv.weight"])
 
 
+@pytest.mark.slow
 def test_mixerlab_checkpoint_round_trip_and_surgery_by_recorded_family(train_run, tmp_path):
     _, summary = train_run("trainer.max_steps=3", "callbacks.checkpoint.every_n_steps=0")
     ckpt_path = Path(summary["run_dir"]) / "checkpoints" / "last.ckpt"
