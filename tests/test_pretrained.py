@@ -214,6 +214,8 @@ def test_mixerlab_checkpoint_round_trip_and_surgery_by_recorded_family(train_run
     assert report.source == "mixerlab" and not report.initialised and not report.ignored
     for key, value in model.state_dict().items():
         assert torch.equal(value, ckpt["state_dict"][f"backbone.{key}"]), key
+    with pytest.raises(ConfigError, match="no EMA weights"):  # the digits recipe keeps no EMA
+        load_pretrained(model, ckpt_path, ema=True)
     # XCA has qkv and proj of attention's shapes, but not its weights: the recorded family keeps them apart
     xca = ours("backbone.schedule=[{layers: 1, mixer: xca}]")
     report = load_pretrained(xca, ckpt_path)
