@@ -99,8 +99,29 @@ def random_mixing(c: Case) -> int:
     return 2 * c.N * c.N * c.C  # R (N x N) times x (N x C)
 
 
+def tssa(c: Case) -> int:
+    # one projection, per head the (1, N) x (N, d) second moment pi·w², output projection
+    return linear(c.N, c.C, c.C) + 2 * c.N * c.C + linear(c.N, c.C, c.C)
+
+
+def ponet(c: Case) -> int:
+    # Q, K, O, S, L and output projections; per head g·Kᵀ (1 x d x N) and a·K (1 x N x d); max-pools: 0
+    return 6 * linear(c.N, c.C, c.C) + 4 * c.N * c.C
+
+
+def combiner(c: Case) -> int:
+    s = c.opt["segment_len"] or c.w  # segment length (null: a grid row); n segments of the M patches
+    n, M = c.h * c.w // s, c.h * c.w
+    # per head (h·d = C): summary pooling q̃·kᵀ and p·v (2Md each), own-segment logits and values (2Msd
+    # each), logits against and values of the n summaries (2Mnd each)
+    return linear(c.N, c.C, 3 * c.C) + 4 * M * c.C * (1 + s + n) + linear(c.N, c.C, c.C)
+
+
 ANALYTIC = {
     "attention": attention,
+    "tost": tssa,
+    "ponet": ponet,
+    "combiner": combiner,
     "fibottention": attention,  # shipped variant=faithful: dense logits times the 0/1 mask
     "xca": xca,
     "feedforward": token_mlp,

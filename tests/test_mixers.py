@@ -29,6 +29,9 @@ MIXERS = [
     "fnet",
     "afno",
     "xca",
+    "tost",
+    "ponet",
+    "combiner",
 ]
 CLS_GRID = TokenLayout(grid=(4, 4), num_prefix=1)
 GRID = TokenLayout(grid=(4, 4), num_prefix=0)

@@ -29,6 +29,8 @@ PRESETS = [
     "fibottention_vit_t",
     "fibottention_vit_s",
     "fibottention_vit_b",
+    "tost_tiny",
+    "tost_small",
 ]
 
 EXACT_PARAMS = {
@@ -40,6 +42,8 @@ EXACT_PARAMS = {
     "spectformer_b": 57_159_656,
     "fibottention_vit_t": 5_717_416,
     "fibottention_vit_s": 22_050_664,  # masks add no parameters
+    "tost_tiny": 5_769_328,  # tost_cab_tiny_12_p16 as the official definition computes
+    "tost_small": 22_589_944,  # tost_cab_small_12_p16
 }
 APPROX_PARAMS = {  # reported to 3-4 significant digits: within 0.5%
     "deit_base": 86.57e6,

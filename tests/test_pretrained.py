@@ -73,7 +73,7 @@ def test_our_preset_with_torchs_default_eps_is_not_bit_faithful(files):
 
 def test_every_imagenet_preset_uses_the_papers_layernorm_eps():
     for preset in ["deit_small", "gfnet_s", "spectformer_s", "ffonly_tiny", "fibottention_vit_s",
-                   "attnonly_tiny"]:
+                   "attnonly_tiny", "tost_tiny"]:
         with torch.device("meta"):  # structure only
             model = build_backbone(compose_config([f"experiment={preset}"]))
         norms = [m for m in model.modules() if isinstance(m, torch.nn.LayerNorm)]
