@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import statistics
 import time
 import traceback
@@ -15,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from mixerlab.build import build_backbone, build_datamodule, build_recipe, mixer_name
-from mixerlab.checkpointing import AtomicCheckpointIO, RunCheckpoint
+from mixerlab.checkpointing import AtomicCheckpointIO, RunCheckpoint, checkpoint_step
 from mixerlab.costs import count_flops, count_parameters, step_memory, weights_sha256
 from mixerlab.errors import ConfigError
 from mixerlab.fastpath import apply_fast_path
@@ -30,8 +31,6 @@ log = logging.getLogger("mixerlab")
 def process_age_s() -> float:
     """Seconds since this process started (Linux /proc), so wall time includes interpreter start-up."""
     try:
-        import os
-
         ticks = os.sysconf("SC_CLK_TCK")
         start = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19]) / ticks
         return float(Path("/proc/uptime").read_text().split()[0]) - start
@@ -128,8 +127,13 @@ def train(cfg: DictConfig) -> dict:
     if trainer.is_global_zero:
         run.save_config(cfg)
     resume = run.last_checkpoint
-    if resume and trainer.is_global_zero:
-        log.info("resuming from %s", resume)
+    if resume:
+        # durable evidence of a resume (a requeue's kill can cut the log before a line reaches it)
+        summary["resumed_from_step"] = checkpoint_step(resume)
+        if os.environ.get("SLURM_RESTART_COUNT"):
+            summary["slurm_restart_count"] = int(os.environ["SLURM_RESTART_COUNT"])
+        if trainer.is_global_zero:
+            log.info("resuming from %s (step %d)", resume, summary["resumed_from_step"])
     try:
         ckpt_path = str(resume) if resume else None
         trainer.fit(recipe, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
