@@ -9,10 +9,11 @@ there. At import this module registers a formula for each op the models use that
 (:data:`REGISTERED`), and only those, so a torch that has its own keeps it:
 
 * attention, every fused variant (CPU flash, flash, memory-efficient, cuDNN, the "overrideable" kernel,
-  MPS math) and its backward: ``softmax(q kᵀ) v`` = two batched matmuls, ``4·b·h·n_q·n_k·d`` forward,
-  ``8·b·h·n_q·n_k·d`` backward. A mask never lowers the count (an upper bound, as torch's own formulas);
-  the decomposed math path runs as ``bmm`` and counts the same, so the figure does not depend on which
-  backend the dispatcher picks.
+  MPS math) and its backward: ``softmax(q kᵀ) v`` = two batched matmuls, ``4·b·h·n_q·n_k·d`` forward; the
+  decomposed math path runs as ``bmm`` and counts the same, so forward FLOPs do not depend on which backend
+  the dispatcher picks. Backward, as torch's own formulas for the fused kernels: ``10·b·h·n_q·n_k·d`` (the
+  scores are recomputed), where the math path's saved probabilities make it 4 matmuls, ``8·b·h·n_q·n_k·d``.
+  A mask never lowers the count (an upper bound, as torch's own formulas).
 * FFTs: ``5·n·log₂n`` real FLOPs per complex transform of ``n = ∏`` transformed lengths, half for the real
   transforms (``_fft_r2c``, ``_fft_c2r``), times the number of transforms in the batch; normalisation is
   elementwise and not counted.
@@ -51,8 +52,12 @@ def attention_flops(query_shape, key_shape, value_shape) -> int:
 
 
 def attention_backward_flops(query_shape, key_shape, value_shape) -> int:
-    """Gradients of v, of the probabilities, of q and of k: four matmuls of the forward's sizes."""
-    return 2 * attention_flops(query_shape, key_shape, value_shape)
+    """A fused kernel's backward, torch's convention: the scores ``q kᵀ`` recomputed (the forward kept only
+    their log-sum-exp), then the gradients of the probabilities, of v, of q and of k: five matmuls."""
+    *batch, n_q, d = query_shape
+    n_k, d_v = key_shape[-2], value_shape[-1]
+    heads = math.prod(batch)
+    return 2 * heads * n_q * n_k * (3 * d + 2 * d_v)
 
 
 def fft_flops(transform_lengths: Iterable[int], numel: int, real: bool) -> int:

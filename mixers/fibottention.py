@@ -321,7 +321,9 @@ class ShiftedSum(torch.autograd.Function):
 # The two forward kernels are custom operators so that torch's FLOP counter can be given their formula
 # (torch.utils.flop_counter.register_flop_formula; an autograd.Function's inner elementwise ops count 0):
 # 2·d FLOPs per kept (query, key) pair, for the logits and again for the weighted sum.
-@torch.library.custom_op("mixerlab::fibottention_shifted_dot", mutates_args=())
+# explicit schemas: torch 2.5 cannot infer one from a ``list[int]`` annotation
+@torch.library.custom_op("mixerlab::fibottention_shifted_dot", mutates_args=(),
+                         schema="(Tensor q, Tensor k, int[] shifts) -> Tensor")
 def shifted_dot(q: torch.Tensor, k: torch.Tensor, shifts: list[int]) -> torch.Tensor:
     """``out[b, r, j] = <q[b, r], k[b, r + shifts[j]]>``, 0 where ``r + shifts[j]`` leaves the sequence."""
     B, n, _ = q.shape
@@ -337,7 +339,8 @@ def _(q, k, shifts):
     return q.new_empty(q.shape[0], q.shape[1], len(shifts))
 
 
-@torch.library.custom_op("mixerlab::fibottention_shifted_sum", mutates_args=())
+@torch.library.custom_op("mixerlab::fibottention_shifted_sum", mutates_args=(),
+                         schema="(Tensor p, Tensor v, int[] shifts) -> Tensor")
 def shifted_sum(p: torch.Tensor, v: torch.Tensor, shifts: list[int]) -> torch.Tensor:
     """``out[b, r] = sum_j p[b, r, j] * v[b, r + shifts[j]]`` (terms leaving the sequence are dropped)."""
     out = torch.zeros_like(v)
