@@ -54,7 +54,8 @@ def attention_flops(query_shape, key_shape, value_shape) -> int:
 
 
 def attention_backward_flops(query_shape, key_shape, value_shape) -> int:
-    """Gradients of v, of the probabilities, of q and of k: four matmuls of the forward's sizes."""
+    """Gradients of v, of the probabilities, of q and of k: four matmuls of the forward's sizes. Model FLOPs,
+    as MFU counts them: a fused kernel that recomputes the scores does a fifth matmul, not counted here."""
     return 2 * attention_flops(query_shape, key_shape, value_shape)
 
 

@@ -50,7 +50,10 @@ def git_commit() -> str:
 
 
 def peak_memory_mb() -> float:
-    """Peak accelerator memory allocated (CUDA) or, on the CPU, the process's peak resident set size."""
+    """The process's peak: accelerator memory allocated (CUDA) or, on the CPU, the peak resident set size.
+
+    A process figure (``process_peak_memory_mb``), not a run's cost: the jobs of one multirun share it and
+    on the CPU the runtime dominates it; a run's cost is ``step_memory_mb`` (mixerlab.costs.step_memory)."""
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB

@@ -27,6 +27,14 @@ Two variants (``variant``):
     ``auto``      ``flex`` on CUDA, ``diagonal`` elsewhere.
   A query row with no kept key (a head whose smallest offset exceeds the grid) outputs 0, as FlexAttention
   defines it, in every backend.
+
+FLOPs (mixerlab/costs.py conventions) count the work the backend does: ``faithful`` and ``dense`` compute
+every pair (the dense attention count); ``diagonal`` computes the kept pairs only, 2·d per kept pair for the
+logits and again for the weighted sum (its two kernels are custom ops with that formula), so ``auto`` on
+the CPU -- and ``model_info``, which counts on the meta device -- reports the sparse work: the dense N x N
+term times :func:`kept_fraction`. FlexAttention cannot run under torch's FLOP counter in eager mode (its
+eager path compiles a wrapper that refuses dispatch modes), so ``sparse_backend=flex`` is not countable on
+the CPU; count the model with ``diagonal``, which computes the same output.
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ from functools import cache
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.flop_counter import register_flop_formula
 
 from mixerlab.errors import ConfigError
 from mixers.contract import TokenLayout, check_heads
@@ -276,12 +285,7 @@ class ShiftedDot(torch.autograd.Function):
     def forward(ctx, q: torch.Tensor, k: torch.Tensor, shifts: tuple[int, ...]) -> torch.Tensor:
         ctx.save_for_backward(q, k)
         ctx.shifts = shifts
-        B, n, _ = q.shape
-        out = q.new_zeros(B, n, len(shifts))
-        for j, s in enumerate(shifts):
-            r0, r1 = _overlap(n, s)
-            out[:, r0:r1, j] = (q[:, r0:r1] * k[:, r0 + s : r1 + s]).sum(-1)
-        return out
+        return shifted_dot(q, k, list(shifts))
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -303,12 +307,7 @@ class ShiftedSum(torch.autograd.Function):
     def forward(ctx, p: torch.Tensor, v: torch.Tensor, shifts: tuple[int, ...]) -> torch.Tensor:
         ctx.save_for_backward(p, v)
         ctx.shifts = shifts
-        out = torch.zeros_like(v)
-        n = v.shape[1]
-        for j, s in enumerate(shifts):
-            r0, r1 = _overlap(n, s)
-            out[:, r0:r1].addcmul_(p[:, r0:r1, j, None], v[:, r0 + s : r1 + s])
-        return out
+        return shifted_sum(p, v, list(shifts))
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -320,3 +319,56 @@ class ShiftedSum(torch.autograd.Function):
             dp[:, r0:r1, j] = (grad[:, r0:r1] * v[:, r0 + s : r1 + s]).sum(-1)
             dv[:, r0 + s : r1 + s].addcmul_(p[:, r0:r1, j, None], grad[:, r0:r1])
         return dp, dv, None
+
+
+# The two forward kernels are custom operators so that torch's FLOP counter can be given their formula
+# (torch.utils.flop_counter.register_flop_formula; an autograd.Function's inner elementwise ops count 0):
+# 2·d FLOPs per kept (query, key) pair, for the logits and again for the weighted sum.
+# explicit schemas: torch 2.5 cannot infer one from a ``list[int]`` annotation
+@torch.library.custom_op("mixerlab::fibottention_shifted_dot", mutates_args=(),
+                         schema="(Tensor q, Tensor k, int[] shifts) -> Tensor")
+def shifted_dot(q: torch.Tensor, k: torch.Tensor, shifts: list[int]) -> torch.Tensor:
+    """``out[b, r, j] = <q[b, r], k[b, r + shifts[j]]>``, 0 where ``r + shifts[j]`` leaves the sequence."""
+    B, n, _ = q.shape
+    out = q.new_zeros(B, n, len(shifts))
+    for j, s in enumerate(shifts):
+        r0, r1 = _overlap(n, s)
+        out[:, r0:r1, j] = (q[:, r0:r1] * k[:, r0 + s : r1 + s]).sum(-1)
+    return out
+
+
+@shifted_dot.register_fake
+def _(q, k, shifts):
+    return q.new_empty(q.shape[0], q.shape[1], len(shifts))
+
+
+@torch.library.custom_op("mixerlab::fibottention_shifted_sum", mutates_args=(),
+                         schema="(Tensor p, Tensor v, int[] shifts) -> Tensor")
+def shifted_sum(p: torch.Tensor, v: torch.Tensor, shifts: list[int]) -> torch.Tensor:
+    """``out[b, r] = sum_j p[b, r, j] * v[b, r + shifts[j]]`` (terms leaving the sequence are dropped)."""
+    out = torch.zeros_like(v)
+    n = v.shape[1]
+    for j, s in enumerate(shifts):
+        r0, r1 = _overlap(n, s)
+        out[:, r0:r1].addcmul_(p[:, r0:r1, j, None], v[:, r0 + s : r1 + s])
+    return out
+
+
+@shifted_sum.register_fake
+def _(p, v, shifts):
+    return torch.empty_like(v)
+
+
+def kept_pair_flops(batch: int, n: int, d: int, shifts: list[int]) -> int:
+    """2·d per (row, shift) pair inside the sequence: one dot product or one weighted add of a d-vector."""
+    return 2 * d * batch * sum(max(0, n - abs(s)) for s in shifts)
+
+
+@register_flop_formula(torch.ops.mixerlab.fibottention_shifted_dot)
+def _shifted_dot_flops(q_shape, k_shape, shifts, *args, out_shape=None, **kwargs) -> int:
+    return kept_pair_flops(q_shape[0], q_shape[1], q_shape[2], shifts)
+
+
+@register_flop_formula(torch.ops.mixerlab.fibottention_shifted_sum)
+def _shifted_sum_flops(p_shape, v_shape, shifts, *args, out_shape=None, **kwargs) -> int:
+    return kept_pair_flops(v_shape[0], v_shape[1], v_shape[2], shifts)

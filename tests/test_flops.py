@@ -271,7 +271,8 @@ def test_sdpa_is_counted_on_the_cpu_forward_and_backward_whatever_the_backend():
             fwd = counter.get_total_flops()
             out.sum().backward()
         counts[backend] = (fwd, counter.get_total_flops() - fwd)
-    # flash (the CPU's fused kernel) and the decomposed math path agree: 2 matmuls forward, 4 backward
+    # the CPU's fused kernel and the decomposed math path agree: 2 matmuls forward, 4 backward (model FLOPs:
+    # the fused kernel's recomputation of the scores is not counted), on every torch
     assert counts[SDPBackend.FLASH_ATTENTION] == counts[SDPBackend.MATH] == (forward, 2 * forward)
 
 
@@ -302,3 +303,21 @@ def test_fft_convention():
     assert costs.fft_flops([8], 8, real=False) == 5 * 8 * 3
     assert costs.fft_flops([4, 4], 3 * 16, real=True) == 3 * 16 * 4 * 5 // 2  # three 16-point real
     assert costs.fft_flops([1], 10, real=True) == 0
+
+
+@pytest.mark.parametrize("grid", GRIDS, ids=lambda g: f"{g[0]}x{g[1]}")
+def test_sparse_fibottention_counts_the_kept_pairs_only(grid):
+    # variant=sparse on the CPU (auto = the diagonal backend): the masked pairs are never computed, so the
+    # count is the dense formula's N x N term times the masks' kept fraction (custom ops with formulas)
+    from mixers import fibottention as fib
+
+    mixer, options = build_mixer("fibottention", grid, variant="sparse")
+    case = Case(h=grid[0], w=grid[1], C=WIDTH, opt=options)
+    kept = fib.kept_fraction(mixer.offsets, case.N)
+    expected = linear(case.N, WIDTH, 4 * WIDTH) + 4 * case.N * case.N * WIDTH * kept
+    counted = costs.count_module_flops(mixer.eval(), torch.randn(1, case.N, WIDTH))
+    assert mixer.backend_for(torch.zeros(1, device="cpu")) == "diagonal" and 0 < kept < 1
+    assert counted == pytest.approx(expected, rel=1e-9)
+    with torch.device("meta"):  # model_info counts on the meta device: the ops' fake kernels
+        on_meta, _ = build_mixer("fibottention", grid, variant="sparse")
+    assert costs.count_module_flops(on_meta.eval(), torch.zeros(1, case.N, WIDTH, device="meta")) == counted

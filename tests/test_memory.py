@@ -65,3 +65,14 @@ def test_model_info_prints_the_step_memory_at_its_stated_batch(mixer):
 
     info = model_info([f"mixer={mixer}", "data.img_size=32"], memory_batch=4)
     assert info["step_memory_batch"] == 4 and info["step_memory_mb"] > 0 and "step_memory_method" in info
+
+
+def test_memory_benchmark_shows_attentions_quadratic_growth_with_the_math_kernel(capsys):
+    from scripts.bench_memory import main
+
+    report = main(["--mixers", "attention,pooling", "--img-sizes", "32,96", "--batch", "8", "--sdpa", "math"])
+    mb = {(p["mixer"], p["tokens"]): p["step_memory_mb"] for p in report["points"]}
+    # 9x the tokens: attention's extra memory over pooling (its N x N probabilities) grows faster than 9x
+    extra = {n: mb[("attention", n)] - mb[("pooling", n)] for n in (64, 576)}
+    assert extra[576] / extra[64] > 2 * 9, mb
+    assert "| attention |" in capsys.readouterr().out and report["method"].startswith("cpu:")
