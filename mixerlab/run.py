@@ -16,7 +16,6 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from mixerlab.redact import redacted_config
@@ -51,6 +50,8 @@ def git_commit() -> str:
 
 def peak_memory_mb() -> float:
     """Peak accelerator memory allocated (CUDA) or, on the CPU, the process's peak resident set size."""
+    import torch  # here: train.py checks its config before torch is imported
+
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB

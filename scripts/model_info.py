@@ -21,10 +21,13 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 
 from mixerlab.build import build_backbone, compose_config, mixer_name  # noqa: E402
 from mixerlab.costs import count_flops, count_parameters  # noqa: E402
+from mixerlab.errors import ConfigError  # noqa: E402
+from mixerlab.schema import validate  # noqa: E402
 
 
 def model_info(overrides: list[str]) -> dict:
     cfg = compose_config(overrides)
+    validate(cfg)
     with torch.device("meta"):
         model = build_backbone(cfg)
     flops = count_flops(model, cfg.data.img_size, cfg.data.in_chans)
@@ -52,4 +55,7 @@ def model_info(overrides: list[str]) -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps(model_info(sys.argv[1:])))
+    try:
+        print(json.dumps(model_info(sys.argv[1:])))
+    except ConfigError as error:
+        raise SystemExit(f"{type(error).__name__}: {error}") from None
