@@ -97,7 +97,7 @@ class Rule:
     def describe(self) -> str:
         choices = self.allowed_choices()
         if choices is not None:
-            text = "one of " + ", ".join(repr(c) for c in choices)
+            text = "one of " + ", ".join(str(c) for c in choices)
         else:
             names = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
                      "list": "a list", "dict": "a mapping", "null": "null"}
@@ -276,6 +276,7 @@ NESTED: dict[str, str | tuple] = {
     "data.imagenet_ffcv.ImageNetFFCVDataModule.augment": "data.imagenet_ffcv.AUGMENT_KEYS",
     "data.imagenet_ffcv.ImageNetFFCVDataModule.progressive": "data.imagenet_ffcv.ProgressiveResolution",
     "mixerlab.recipe.Recipe.mixup": "timm.data.Mixup",
+    "data.fake_imagenet.FakeImageNetDataModule.fixture": "data.fake_imagenet.write_fake_imagenet",
 }
 
 # Keys of nodes without a ``_target_`` (None: any keys). Segments of a schedule take these three keys.
@@ -295,6 +296,7 @@ SUPPLIED: dict[str, tuple[str, ...]] = {
     "backbone": ("mixer",),
     "recipe": ("backbone",),
     "recipe.mixup": ("label_smoothing", "num_classes"),
+    "data.fixture": ("out", "classes"),
     "trainer": ("logger", "callbacks", "plugins"),
 }
 
@@ -350,6 +352,8 @@ def _name(node: ast.AST) -> str | None:
 
 
 def _matches(value, node: ast.AST) -> bool | None:  # None: unknown
+    if value is DEFERRED:
+        return True
     if isinstance(node, ast.Constant):
         if node.value is None:
             return value is None

@@ -162,13 +162,28 @@ def _is_dataclass(cls: ast.ClassDef) -> bool:
 
 
 def _base_target(module: str, base: ast.expr) -> str:
-    """The dotted target of a base class expression, as written in ``module``."""
-    if isinstance(base, ast.Name):
-        found_module, node = _find(module, base.id)
-        return f"{found_module}.{getattr(node, 'name', base.id)}"
-    if isinstance(base, ast.Attribute):  # e.g. L.LightningDataModule: outside the repository
-        raise Unresolved(ast.unparse(base))
-    raise Unresolved(ast.unparse(base))
+    """The dotted path of a base class expression as ``module`` imports it (``L.LightningDataModule`` ->
+    ``lightning.LightningDataModule``), followed to its definition where that is in this repository."""
+    parts = ast.unparse(base).split(".")
+    head = parts[0]
+    for node in _parse(_module_file(module)).body:
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if (alias.asname or alias.name) == head:
+                    return ".".join([alias.name, *parts[1:]])
+        if isinstance(node, ast.ImportFrom):
+            for alias in node.names:
+                if (alias.asname or alias.name) == head:
+                    source = _absolute(module, node, _module_file(module).name == "__init__.py")
+                    dotted = ".".join([source, alias.name, *parts[1:]])
+                    try:
+                        found_module, found = _find(source, alias.name)
+                        if len(parts) == 1 and isinstance(found, ast.ClassDef):
+                            return f"{found_module}.{found.name}"
+                    except Unresolved:
+                        pass
+                    return dotted
+    return ".".join([module, *parts])
 
 
 def _class_signature(module: str, cls: ast.ClassDef, depth: int = 0) -> Signature:
