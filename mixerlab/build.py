@@ -29,14 +29,14 @@ def compose_config(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     return cfg
 
 
-def build_backbone(cfg: DictConfig) -> nn.Module:
-    """Backbone with its mixer(s); raises ConfigError naming keys for impossible combinations."""
+def _instantiate(node, **kwargs):
+    """``hydra.utils.instantiate``, with a ConfigError (or DatasetError) from the constructor raised as is:
+    Hydra wraps constructor errors in an InstantiationException, which would hide ours behind a traceback."""
     try:
-        mixer = instantiate(cfg.mixer)
-        return instantiate(cfg.backbone, mixer=mixer, _convert_="all")
+        return instantiate(node, **kwargs)
     except ConfigError:
         raise
-    except Exception as error:  # Hydra wraps constructor errors: surface ours with its message intact
+    except Exception as error:
         cause = error
         while cause is not None and not isinstance(cause, ConfigError):
             cause = cause.__cause__ or cause.__context__
@@ -45,13 +45,19 @@ def build_backbone(cfg: DictConfig) -> nn.Module:
         raise
 
 
+def build_backbone(cfg: DictConfig) -> nn.Module:
+    """Backbone with its mixer(s); raises ConfigError naming keys for impossible combinations."""
+    mixer = _instantiate(cfg.mixer)
+    return _instantiate(cfg.backbone, mixer=mixer, _convert_="all")
+
+
 def build_recipe(cfg: DictConfig, backbone: nn.Module) -> L.LightningModule:
-    return instantiate(cfg.recipe, backbone=backbone, _convert_="all")
+    return _instantiate(cfg.recipe, backbone=backbone, _convert_="all")
 
 
 def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
     """Constructing a data module checks its paths and settings; it loads nothing until ``setup``."""
-    return instantiate(cfg.data, _convert_="all")
+    return _instantiate(cfg.data, _convert_="all")
 
 
 def mixer_name(cfg: DictConfig) -> str:
