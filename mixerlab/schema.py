@@ -195,7 +195,7 @@ KEY_RULES: dict[str, Rule] = {
     "backbone.drop_rate": DROP_RATE,
     "backbone.drop_path_rate": DROP_RATE,
     "backbone.head": Choice(("cls", "gap")),
-    "backbone.pos_embed": Choice(("learned", "none")),
+    "backbone.pos_embed": Choice("mixerlab.backbone.POS_EMBEDS"),
     "backbone.schedule.*.layers": POSITIVE,
     "backbone.**.layer_scale": Number(gt=0, null=True),
     # recipe (mixerlab/recipe.py)
