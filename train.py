@@ -1,6 +1,7 @@
 """Train one model: ``python train.py [group=option ...] [key=value ...]`` (``-m`` for a sweep).
 
-config (conf/) -> backbone + mixer -> recipe -> Lightning Trainer -> run directory (summary.json)
+config (conf/) -> validation (mixerlab/schema.py) -> backbone + mixer -> recipe -> Lightning Trainer
+-> run directory (summary.json)
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import hydra
 from omegaconf import DictConfig
 
 from mixerlab.config import register_resolvers
+from mixerlab.errors import ConfigError
 
 register_resolvers()
 
@@ -17,14 +19,20 @@ register_resolvers()
 def main(cfg: DictConfig) -> float | None:
     from mixerlab.sweep import run_job
 
-    summary = run_job(train, cfg)  # in a sweep: skip what completed, record a failure and go on
+    try:
+        summary = run_job(train, cfg)  # in a sweep: skip what completed, record a failure and go on
+    except ConfigError as error:  # a wrong config or dataset: its message alone, no traceback; exit code 1
+        raise SystemExit(f"{type(error).__name__}: {error}") from None
     return summary.get("top1")
 
 
 def train(cfg: DictConfig) -> dict:
+    from mixerlab.schema import validate
+
+    validate(cfg)  # before torch, Lightning and the model are imported: a bad value fails in about a second
     from mixerlab.training import train as train_run  # imported here: a failing import fails the job alone
 
-    return train_run(cfg)
+    return train_run(cfg, validated=True)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from data.sampling import EpochSampler
+from data.workers import loader_workers
 from mixerlab.errors import ConfigError
 
 
@@ -32,6 +33,9 @@ class ImageDataModule(L.LightningDataModule):
     augmentation that runs on the device (FFCV). The backbone reads ``img_size``, ``in_chans`` and
     ``num_classes`` from the same config node, so model and data always agree.
 
+    ``num_workers``: loader workers per process, ``auto`` (or null) for what the machine has
+    (:mod:`data.workers`).
+
     ``batch_size`` is per device. ``global_batch`` (optional) fixes the batch the optimizer sees instead:
     the per-device batch becomes ``global_batch / (devices x nodes x accumulation)``, so the same config
     trains the same recipe on 1 or 64 GPUs.
@@ -47,7 +51,7 @@ class ImageDataModule(L.LightningDataModule):
         in_chans: int,
         num_classes: int,
         batch_size: int,
-        num_workers: int = 0,
+        num_workers: int | str | None = 0,
         pin_memory: bool = True,  # only takes effect when CUDA is present
         persistent_workers: bool = False,
         mean: Sequence[float] = (0.485, 0.456, 0.406),
@@ -64,9 +68,9 @@ class ImageDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.global_batch = global_batch
-        self.num_workers = num_workers
+        self.num_workers = self.resolve_workers(num_workers)
         self.pin_memory = pin_memory
-        self.persistent_workers = persistent_workers and num_workers > 0
+        self.persistent_workers = persistent_workers and self.num_workers > 0
         self.mean = tuple(mean)
         self.std = tuple(std)
         self.seed = seed
@@ -74,6 +78,10 @@ class ImageDataModule(L.LightningDataModule):
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.resume_position: dict | None = None  # data-order position from a checkpoint
+
+    def resolve_workers(self, setting: int | str | None) -> int:
+        """DataLoader worker processes (``data/workers.py``); FFCV overrides it with its decoding threads."""
+        return loader_workers(setting)
 
     def resolve_batch_size(self, world_size: int, accumulation: int = 1) -> int:
         """Set the per-device batch from ``global_batch`` when given; returns the per-device batch."""
@@ -151,3 +159,41 @@ class ImageDataModule(L.LightningDataModule):
     @property
     def num_train_samples(self) -> int:
         return len(self.train_set) if self.train_set is not None else 0
+
+    def train_samples_per_epoch(self) -> int:
+        """Training samples in one epoch, before training starts. Subclasses that know it without loading
+        anything override this; the default sets the module up (each ``setup`` runs once)."""
+        if self.train_set is None:
+            self.setup("fit")
+        return len(self.train_set)
+
+    def check_optimizer_steps(self, world_size: int, limit_train_batches: int | float | None = None) -> int:
+        """Training batches per epoch on each process; a ConfigError when that is 0, which would end the run
+        "completed" with no optimizer step taken. Training drops the incomplete last batch (``drop_last``),
+        each process gets ``ceil(samples / processes)`` samples (:class:`data.sampling.EpochSampler`)."""
+        samples = self.train_samples_per_epoch()
+        per_process = -(-samples // world_size)
+        full = per_process // self.batch_size
+        batches = full
+        if isinstance(limit_train_batches, int) and not isinstance(limit_train_batches, bool):
+            batches = min(full, limit_train_batches)
+        elif isinstance(limit_train_batches, float):
+            batches = int(full * limit_train_batches)
+        if batches > 0:
+            return batches
+        spread = f" over {world_size} processes ({per_process} each)" if world_size > 1 else ""
+        if full > 0:
+            raise ConfigError(
+                f"trainer.limit_train_batches={limit_train_batches} keeps 0 of the {full} training batches "
+                f"per epoch, so no optimizer step would run: raise it (an integer >= 1, or a fraction >= "
+                f"{1 / full:.3g})"
+            )
+        batch = f"data.batch_size={self.batch_size}"
+        if self.global_batch:
+            batch = f"data.global_batch={self.global_batch} (per device: {self.batch_size})"
+        fewer = ", or train on fewer devices" if world_size > 1 else ""
+        raise ConfigError(
+            f"{samples} training images{spread} do not fill one batch of {batch}: training drops the "
+            f"incomplete last batch (drop_last), so an epoch would run 0 optimizer steps and the run would "
+            f"end untrained. Set data.batch_size to at most {per_process}, or add training images{fewer}"
+        )

@@ -254,6 +254,9 @@ class DigitTasksDataModule(ImageDataModule):
         """ToTensor + normalise: timm's eval transform at the canvas size (its resize and crop are no-ops)."""
         return eval_transform(self.img_size, self.mean, self.std, crop_pct=1.0)
 
+    def train_samples_per_epoch(self) -> int:
+        return self.samples_per_epoch
+
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return

@@ -44,6 +44,7 @@ from data.base import ImageDataModule
 from data.batch_augment import BatchTransform
 from data.imagenet_folder import apply_bad_file_policy, check_rgb_source
 from data.sampling import EpochSampler
+from data.workers import decoder_threads
 from mixerlab.errors import ConfigError, DatasetError
 
 log = logging.getLogger("mixerlab")
@@ -53,6 +54,8 @@ FFCV_INSTALL = (
     "pip install 'ffcv==1.0.2'   (from the repository: make setup, or pip install -e '.[ffcv]')"
 )
 ORDERS = ("auto", "random", "quasi_random", "sequential")
+# data.augment keys of the FFCV path: crop and flip on the decoder, the rest on the device (batch_augment.py)
+AUGMENT_KEYS = ("scale", "ratio", "hflip", "three_augment", "color_jitter", "re_prob", "re_mode", "re_count")
 
 
 def require_ffcv():
@@ -259,11 +262,10 @@ class ImageNetFFCVDataModule(ImageDataModule):
         self.order = order
         self.batches_ahead = batches_ahead
         self.augment = dict(augment or {})
-        known = {"scale", "ratio", "hflip", "three_augment", "color_jitter", "re_prob", "re_mode", "re_count"}
-        if set(self.augment) - known:
+        if set(self.augment) - set(AUGMENT_KEYS):
             raise ConfigError(
-                f"data.augment has unknown keys {sorted(set(self.augment) - known)}; "
-                f"the FFCV path takes {sorted(known)}"
+                f"data.augment has unknown keys {sorted(set(self.augment) - set(AUGMENT_KEYS))}; "
+                f"the FFCV path takes {sorted(AUGMENT_KEYS)}"
             )
         self.progressive = ProgressiveResolution(**progressive) if progressive else None
         self.device = device
@@ -318,6 +320,17 @@ class ImageNetFFCVDataModule(ImageDataModule):
                 raise DatasetError(f"{path} holds no samples")
             paths.append(path)
         return root, paths[0], paths[1]
+
+    def resolve_workers(self, setting: int | str | None) -> int:
+        """ffcv's decoding threads (numba): never more than the cores or numba's pool (data/workers.py)."""
+        import numba
+
+        return decoder_threads(setting, limit=numba.config.NUMBA_NUM_THREADS)
+
+    def train_samples_per_epoch(self) -> int:
+        from ffcv.reader import Reader
+
+        return int(Reader(str(self.train_path)).num_samples)
 
     def _check_meta(self, num_classes: int, bad_files: str) -> dict:
         meta_path = self.root / "dataset.json"

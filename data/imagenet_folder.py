@@ -181,6 +181,10 @@ class ImageNetFolderDataModule(ImageDataModule):
     def classes(self) -> list[str]:
         return self.train_split.classes
 
+    def train_samples_per_epoch(self) -> int:
+        """The listed training files (with ``verify``, a few undecodable ones may drop out at ``setup``)."""
+        return len(self.train_set) if self.train_set is not None else len(self.train_split.samples)
+
     def bad_files_log(self) -> str | None:
         """``<run dir>/bad_files.txt`` when run by a Trainer (its default_root_dir is the run directory)."""
         trainer = getattr(self, "trainer", None)

@@ -272,6 +272,9 @@ class PathfinderDataModule(ImageDataModule):
         arrays = load_or_generate(self.settings, self.cache_dir)
         return arrays[f"{split}_images"], arrays[f"{split}_labels"]
 
+    def train_samples_per_epoch(self) -> int:
+        return self.settings.train_samples
+
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return

@@ -40,6 +40,9 @@ class SyntheticDataModule(ImageDataModule):
         self.num_val = num_val
         self.bank_size = bank_size
 
+    def train_samples_per_epoch(self) -> int:
+        return self.num_train
+
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return

@@ -39,7 +39,7 @@ class AugmentConfig:
     ratio: Sequence[float] = (3 / 4, 4 / 3)
     hflip: float = 0.5
     auto_augment: str | None = "rand-m9-mstd0.5-inc1"
-    color_jitter: float = 0.3
+    color_jitter: float | None = 0.3
     re_prob: float = 0.25
     re_mode: str = "pixel"
     re_count: int = 1

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import lightning as L
@@ -55,23 +54,11 @@ def backbone_config(cfg: DictConfig) -> DictConfig:
     return cfg.backbone
 
 
-def build_backbone(cfg: DictConfig) -> nn.Module:
-    """Backbone with its mixer(s); raises ConfigError naming keys for impossible combinations."""
-    with surfaced_config_errors():
-        mixer = instantiate(cfg.mixer)
-        return instantiate(backbone_config(cfg), mixer=mixer, _convert_="all")
-
-
-def build_recipe(cfg: DictConfig, backbone: nn.Module) -> L.LightningModule:
-    with surfaced_config_errors():
-        return instantiate(cfg.recipe, backbone=backbone, _convert_="all")
-
-
-@contextlib.contextmanager
-def surfaced_config_errors():
-    """Hydra wraps constructor errors: surface ours (ConfigError) with its message intact."""
+def _instantiate(node, **kwargs):
+    """``hydra.utils.instantiate``, with a ConfigError (or DatasetError) from the constructor raised as is:
+    Hydra wraps constructor errors in an InstantiationException, which would hide ours behind a traceback."""
     try:
-        yield
+        return instantiate(node, **kwargs)
     except ConfigError:
         raise
     except Exception as error:
@@ -83,9 +70,19 @@ def surfaced_config_errors():
         raise
 
 
+def build_backbone(cfg: DictConfig) -> nn.Module:
+    """Backbone with its mixer(s); raises ConfigError naming keys for impossible combinations."""
+    mixer = _instantiate(cfg.mixer)
+    return _instantiate(backbone_config(cfg), mixer=mixer, _convert_="all")
+
+
+def build_recipe(cfg: DictConfig, backbone: nn.Module) -> L.LightningModule:
+    return _instantiate(cfg.recipe, backbone=backbone, _convert_="all")
+
+
 def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
     """Constructing a data module checks its paths and settings; it loads nothing until ``setup``."""
-    return instantiate(cfg.data, _convert_="all")
+    return _instantiate(cfg.data, _convert_="all")
 
 
 def mixer_name(cfg: DictConfig) -> str:

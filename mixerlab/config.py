@@ -6,7 +6,6 @@ import os
 import secrets
 import time
 
-import torch
 from omegaconf import OmegaConf
 
 
@@ -52,6 +51,8 @@ def default_precision(mode: str = "auto") -> str:
     """fp32 on CPU (bf16 autocast measured 2.2-2.5x slower there), bf16-mixed on GPUs that support it."""
     if mode != "auto":
         return mode
+    import torch  # here, not at the top: train.py validates its config before torch is imported
+
     if torch.cuda.is_available():
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
     return "32-true"

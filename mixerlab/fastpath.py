@@ -10,7 +10,6 @@ measurement in BENCHMARKS.md ("Training performance").
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -61,7 +60,9 @@ def cpu_threads(setting: int | str | None, num_workers: int) -> int | None:
     if setting is None or torch.cuda.is_available():
         return None
     if setting == "auto":
-        return max(1, (os.cpu_count() or 1) - num_workers)
+        from data.workers import available_cores  # the affinity mask: a SLURM or container limit counts
+
+        return max(1, available_cores() - num_workers)
     if not isinstance(setting, int) or setting < 1:
         raise ConfigError(f"fastpath.cpu_threads={setting!r}: a positive integer, 'auto' or null")
     return setting

@@ -16,7 +16,6 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from mixerlab.redact import redacted_config
@@ -54,6 +53,8 @@ def peak_memory_mb() -> float:
 
     A process figure (``process_peak_memory_mb``), not a run's cost: the jobs of one multirun share it and
     on the CPU the runtime dominates it; a run's cost is ``step_memory_mb`` (mixerlab.costs.step_memory)."""
+    import torch  # here: train.py checks its config before torch is imported
+
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB

@@ -25,6 +25,7 @@ from mixerlab.preemption import RequeueOnSignal, owns_requeue
 from mixerlab.pretrained import apply_init
 from mixerlab.randomness import StepSeeding
 from mixerlab.run import RunDirectory, git_commit, peak_memory_mb, stop_status
+from mixerlab.schema import validate
 
 log = logging.getLogger("mixerlab")
 
@@ -85,8 +86,11 @@ def check_launcher(trainer: L.Trainer) -> None:
 _process_started_before = False  # jobs of a multirun share one process: only the first pays its start-up
 
 
-def train(cfg: DictConfig) -> dict:
+def train(cfg: DictConfig, validated: bool = False) -> dict:
+    """One run; ``validated``: the caller has already run :func:`mixerlab.schema.validate` on ``cfg``."""
     global _process_started_before
+    if not validated:
+        validate(cfg)
     t_start = time.perf_counter() - (0.0 if _process_started_before else process_age_s())
     _process_started_before = True
     quiet_lightning()
@@ -107,6 +111,8 @@ def train(cfg: DictConfig) -> dict:
                                      plugins=trainer_plugins())
     check_launcher(trainer)
     per_device_batch = datamodule.resolve_batch_size(trainer.world_size, trainer.accumulate_grad_batches)
+    # a run whose data fills no batch would end "completed" with no step taken: refuse it before fit
+    datamodule.check_optimizer_steps(trainer.world_size, cfg.trainer.get("limit_train_batches"))
 
     summary = {
         "status": "running",

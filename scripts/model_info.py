@@ -24,6 +24,8 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 
 from mixerlab.build import build_backbone, compose_config, mixer_name  # noqa: E402
 from mixerlab.costs import count_flops, count_parameters, step_memory  # noqa: E402
+from mixerlab.errors import ConfigError  # noqa: E402
+from mixerlab.schema import validate  # noqa: E402
 
 DEFAULT_MEMORY_BATCH = 8
 
@@ -31,6 +33,7 @@ DEFAULT_MEMORY_BATCH = 8
 def model_info(overrides: list[str], memory_batch: int = 0) -> dict:
     """Size and forward FLOPs per image; with ``memory_batch`` > 0 also the step memory at that batch."""
     cfg = compose_config(overrides)
+    validate(cfg)  # a wrong key or value fails here, naming it, before anything is built
     with torch.device("meta"):
         model = build_backbone(cfg)
     flops = count_flops(model, cfg.data.img_size, cfg.data.in_chans)
@@ -65,7 +68,10 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--memory-batch", type=int, default=DEFAULT_MEMORY_BATCH,
                         help="batch of the measured training step (0: skip the memory figure)")
     args, overrides = parser.parse_known_args(argv)
-    print(json.dumps(model_info(overrides, memory_batch=args.memory_batch)))
+    try:
+        print(json.dumps(model_info(overrides, memory_batch=args.memory_batch)))
+    except ConfigError as error:  # its message alone, no traceback; exit code 1
+        raise SystemExit(f"{type(error).__name__}: {error}") from None
 
 
 if __name__ == "__main__":

@@ -80,7 +80,7 @@ def test_sdpa_backend_choice_steers_the_cpu_kernel():
 
 
 def test_cpu_threads_leave_a_core_per_data_worker(monkeypatch):
-    monkeypatch.setattr("os.cpu_count", lambda: 4)
+    monkeypatch.setattr("data.workers.available_cores", lambda: 4)  # the cores this process may use
     assert cpu_threads("auto", num_workers=1) == 3
     assert cpu_threads("auto", num_workers=8) == 1
     assert cpu_threads(None, num_workers=1) is None
