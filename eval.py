@@ -7,14 +7,11 @@ run directory (config.yaml, checkpoints/last.ckpt) -> model with EMA weights if 
 from __future__ import annotations
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from mixerlab.config import register_resolvers
+from mixerlab.evaluation import register_eval_resolvers
 
-register_resolvers()
-if not OmegaConf.has_resolver("eval_set_name"):
-    OmegaConf.register_new_resolver(
-        "eval_set_name", lambda choice: "clean" if choice in (None, "None", "null") else choice)
+register_eval_resolvers()
 
 
 @hydra.main(config_path="conf", config_name="eval", version_base="1.3")

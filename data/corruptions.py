@@ -5,7 +5,7 @@ Michaelis et al. 2019); we install its maintained fork ``imagecorruptions-imaug`
 module: the original 1.1.2 imports ``pkg_resources``, gone from current setuptools, and fails to import.
 
 Each corrupted image is a function of (image, corruption, severity, seed) alone: the library draws from
-numpy's global generator (and glass blur from its own ``seed``), so :func:`corrupt` seeds both and restores
+numpy's global generator (glass blur and impulse noise from their own ``seed``), so :func:`corrupt` seeds both and restores
 the caller's state, and every data loader worker, rank and rerun gets the same pixels.
 """
 
@@ -40,6 +40,7 @@ ALEXNET_ERROR = {
     "pixelate": 0.717840, "jpeg_compression": 0.606500,
 }
 MIN_SIZE = 32  # the library refuses smaller images
+SEEDED = ("glass_blur", "impulse_noise")  # draw from their own ``seed`` argument, not numpy's global state
 
 
 def check_corruptions(corruptions: Sequence[str], severities: Sequence[int], key: str = "data") -> None:
@@ -77,7 +78,8 @@ def corrupt(image: np.ndarray, corruption: str, severity: int, seed: int) -> np.
     state = np.random.get_state()
     np.random.seed(seed)
     try:
-        extra = {"seed": seed} if corruption == "glass_blur" else {}
+        # these two take their own seed (glass blur's shuffle, scikit-image's salt-and-pepper generator)
+        extra = {"seed": seed} if corruption in SEEDED else {}
         return library.corrupt(image, corruption_name=corruption, severity=severity, **extra)
     finally:
         np.random.set_state(state)

@@ -41,6 +41,7 @@ from data.transforms import eval_transform
 from mixerlab.errors import ConfigError
 
 DIGITS_C = tuple(c for c in IMAGENET_C if c != "frost")
+CACHE_VERSION = 1  # bump when how a digit is corrupted changes: older caches are then not reused
 
 
 def corrupt_digits(images: np.ndarray, corruption: str, severity: int, seed: int) -> np.ndarray:
@@ -99,7 +100,7 @@ class DigitsCorrupted:
     def settings_digest(self, val_idx: np.ndarray) -> str:
         key = {"corruptions": self.corruptions, "severities": self.severities, "seed": self.seed,
                "val": hashlib.sha1(val_idx.tobytes()).hexdigest(), "size": MIN_SIZE,
-               "library": metadata.version("imagecorruptions-imaug")}
+               "library": metadata.version("imagecorruptions-imaug"), "version": CACHE_VERSION}
         return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
     def corrupted(self) -> tuple[dict[tuple[str, int], np.ndarray], np.ndarray]:

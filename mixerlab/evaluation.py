@@ -30,7 +30,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from torchmetrics import Metric
 
 from data.corruptions import ALEXNET_ERROR
@@ -41,6 +41,7 @@ from mixerlab.run import atomic_write_text
 log = logging.getLogger("mixerlab")
 EVAL_FILE = "eval.json"
 MODEL_INPUT_KEYS = ("img_size", "in_chans", "num_classes", "mean", "std")
+CLEAN = "clean"  # the eval.json key of the run's own validation data
 
 
 # ---------------------------------------------------------------------------------------------- the run
@@ -232,7 +233,7 @@ def evaluate(cfg: DictConfig) -> dict:
     run_dir, ckpt = resolve_run(cfg.run)
     run_cfg = run_config(run_dir)
     data_cfg = cfg.get("data")
-    key = cfg.get("set_name") or ("clean" if data_cfg is None else None)
+    key = cfg.get("set_name") or (CLEAN if data_cfg is None else None)
     if key is None:
         raise ConfigError("set_name is not set: eval.py names the set after the data= choice")
     # the data is listed and checked before the model is built: a wrong folder fails at once
@@ -242,7 +243,7 @@ def evaluate(cfg: DictConfig) -> dict:
     meta = load_weights(backbone, ckpt, cfg.get("weights", "auto"))
     model = backbone.to(fabric.device).eval()
 
-    sets = eval_sets(data)
+    sets = eval_sets(data, cfg.get("limit"))
     batch = int(cfg.get("batch_size") or getattr(data, "eval_batch_size", None) or data.batch_size)
     workers = cfg.get("num_workers")
     if workers is None:  # a data module's own loader workers (digits-C's num_workers compute its cache)
@@ -254,7 +255,7 @@ def evaluate(cfg: DictConfig) -> dict:
         if fabric.is_global_zero and len(sets) > 1:
             log.info("%s %s: top-1 %.2f%% (%d images)", key, eval_set.name, r["top1"], r["images"])
     if sets[0].corruption is not None:
-        earlier = read_eval(run_dir).get("sets", {}).get("clean", {})
+        earlier = read_eval(run_dir).get("sets", {}).get(CLEAN, {})
         entry = corruption_summary({(s.corruption, s.severity): r for s, r in results},
                                    earlier.get("top1"),
                                    cfg.get("normalise") or getattr(data, "normalise", "alexnet"))
@@ -286,8 +287,9 @@ def evaluate(cfg: DictConfig) -> dict:
     return record
 
 
-def eval_sets(data) -> list[EvalSet]:
-    """The data's scored sets: its own ``eval_sets()``, or any training data module's validation split."""
+def eval_sets(data, limit: int | None = None) -> list[EvalSet]:
+    """The data's scored sets: its own ``eval_sets()``, or any training data module's validation split;
+    ``limit``: the first ``limit`` images of each (a quick look)."""
     if hasattr(data, "eval_sets"):
         sets = data.eval_sets()
     else:
@@ -295,7 +297,20 @@ def eval_sets(data) -> list[EvalSet]:
         sets = [EvalSet("val", data.val_set)]
     if not sets:
         raise ConfigError("the data config gave no set to evaluate")
+    if limit:
+        for s in sets:
+            s.dataset = Subset(s.dataset, range(min(int(limit), len(s.dataset))))
     return sets
+
+
+def register_eval_resolvers() -> None:
+    """``${eval_set_name:choice}``: the eval.json key of a ``data=`` choice (none: ``clean``)."""
+    from mixerlab.config import register_resolvers
+
+    register_resolvers()
+    if not OmegaConf.has_resolver("eval_set_name"):
+        OmegaConf.register_new_resolver(
+            "eval_set_name", lambda choice: CLEAN if choice in (None, "", "None", "null") else str(choice))
 
 
 def _summary(run_dir: Path) -> dict:
