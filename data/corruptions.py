@@ -5,8 +5,8 @@ Michaelis et al. 2019); we install its maintained fork ``imagecorruptions-imaug`
 module: the original 1.1.2 imports ``pkg_resources``, gone from current setuptools, and fails to import.
 
 Each corrupted image is a function of (image, corruption, severity, seed) alone: the library draws from
-numpy's global generator (glass blur and impulse noise from their own ``seed``), so :func:`corrupt` seeds both and restores
-the caller's state, and every data loader worker, rank and rerun gets the same pixels.
+numpy's global generator (glass blur and impulse noise from their own ``seed``), so :func:`corrupt`
+seeds both and restores the caller's state, and every data loader worker, rank and rerun gets the same pixels.
 """
 
 from __future__ import annotations

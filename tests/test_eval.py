@@ -80,7 +80,7 @@ def write_images(folder: Path, count: int, label: int, size: int = 36, prefix: s
 
 @pytest.fixture(scope="module")
 def imagenet_run(tmp_path_factory) -> tuple[Path, Path]:
-    """A 1000-class run on a fake ImageNet tree (32 px, one image per class), 2 steps; and the fixtures root."""
+    """A 1000-class run on a fake ImageNet tree (32 px, one image per class), 2 steps; the fixtures root."""
     root = tmp_path_factory.mktemp("imagenet")
     run_dir = root / "run"
     run_train(run_dir, "data=fake_imagenet", f"data.root={root / 'tree'}", "data.num_classes=1000",
@@ -166,7 +166,8 @@ def test_mce_is_normalised_by_alexnet_and_the_constants_are_the_published_ones()
     assert list(ALEXNET_ERROR) == list(IMAGENET_C) and len(IMAGENET_C) == 15
     assert ALEXNET_ERROR["gaussian_noise"] == 0.886428 and ALEXNET_ERROR["jpeg_compression"] == 0.6065
     # AlexNet's own errors give mCE 100; half its error gives 50
-    results = {(c, s): {"top1": 100 - 100 * ALEXNET_ERROR[c], "images": 10} for c in IMAGENET_C for s in (1, 2)}
+    results = {(c, s): {"top1": 100 - 100 * ALEXNET_ERROR[c], "images": 10}
+               for c in IMAGENET_C for s in (1, 2)}
     assert corruption_summary(results, None, "alexnet")["mce"] == pytest.approx(100.0, abs=1e-3)
     results = {k: {"top1": 100 - 50 * ALEXNET_ERROR[k[0]], "images": 10} for k in results}
     assert corruption_summary(results, None, "alexnet")["mce"] == pytest.approx(50.0, abs=1e-3)
@@ -241,7 +242,8 @@ def test_subset_sets_score_only_their_200_logits():
 def test_timm_index_files_pick_the_subsets_own_wnids():
     synsets = timm_info("imagenet_synsets.txt").split()
     for subset in ("a", "r"):
-        assert [synsets[i] for i in subset_indices(subset)] == timm_info(f"imagenet_{subset}_synsets.txt").split()
+        theirs = timm_info(f"imagenet_{subset}_synsets.txt").split()
+        assert [synsets[i] for i in subset_indices(subset)] == theirs
 
 
 def test_real_labels_are_timms_file_by_default():
@@ -260,7 +262,7 @@ def test_counts_with_label_sets():
 def test_folders_whose_classes_do_not_match_are_refused_naming_folder_and_mismatch(tmp_path):
     for i in [*range(999), "extra"]:
         write_images(tmp_path / "v2" / str(i), 1 if i == 0 else 0, 0)
-    with pytest.raises(DatasetError, match=r"v2 is not an ImageNetV2-layout set.*missing: 999.*unexpected: extra"):
+    with pytest.raises(DatasetError, match=r"v2 is not an ImageNetV2.*missing: 999.*unexpected: extra"):
         IndexFolderSet(str(tmp_path / "v2"), img_size=32)
     synsets = timm_info("imagenet_synsets.txt").split()
     for name in synsets[:3]:
@@ -270,7 +272,7 @@ def test_folders_whose_classes_do_not_match_are_refused_naming_folder_and_mismat
     a = [synsets[i] for i in subset_indices("a")]
     for name in a[:199] + [synsets[0]]:
         write_images(tmp_path / "a" / name, 1, 0)
-    with pytest.raises(DatasetError, match=rf"ImageNet-A-layout.*missing: {a[199]}; unexpected: {synsets[0]}"):
+    with pytest.raises(DatasetError, match=rf"ImageNet-A.*missing: {a[199]}; unexpected: {synsets[0]}"):
         SubsetFolderSet(str(tmp_path / "a"), subset="a", img_size=32)
     with pytest.raises(ConfigError, match="200 of ImageNet-1k's 1000 classes; this model has 10"):
         SubsetFolderSet(str(tmp_path / "a"), subset="r", img_size=32, num_classes=10, classes=a[:10])
@@ -286,7 +288,8 @@ def test_two_processes_count_every_image_exactly_once(digits_run):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(REPO / "eval.py"), f"run={digits_run}", "limit=77", "set_name=first77_ddp", "batch_size=8",
            "num_workers=0"]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, **ENV})
+    env = {**os.environ, **ENV}
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-5000:]
     sets = eval_json(digits_run)["sets"]
     assert sets["first77_ddp"]["world_size"] == 2
@@ -303,8 +306,9 @@ def test_report_shows_robustness_table_plot_and_receptive_fields(tmp_path):
     sweep = make_sweep(tmp_path)
     png = tmp_path / "erf.png"
     Image.new("RGB", (20, 20), (200, 40, 40)).save(png)
-    for job, clean, shifted in (("mixer=attention,seed=0", 91.0, 60.0), ("mixer=attention,seed=1", 93.0, 64.0),
-                                ("mixer=pooling,seed=0", 92.5, 50.0)):
+    evaluated = (("mixer=attention,seed=0", 91.0, 60.0), ("mixer=attention,seed=1", 93.0, 64.0),
+                 ("mixer=pooling,seed=0", 92.5, 50.0))
+    for job, clean, shifted in evaluated:
         run = sweep / job
         (run / "eval.json").write_text(json.dumps({"sets": {
             "clean": {"top1": clean}, "digits_c": {"top1": shifted, "mce_unnormalised": 100 - shifted}}}))
