@@ -7,6 +7,13 @@
 The default block is DeiT's pre-norm block. Papers that depart from it (GFNet's single residual, FNet's
 post-norm, the feed-forward-only model's MLP-first order, PoolFormer's GroupNorm and LayerScale) are
 expressed through :class:`BlockSpec` options in config, so no code here knows which mixer it holds.
+
+XCiT-style backbones (XCiT, ToST) are options too, built from timm's XCiT pieces: ``patch_embed=conv``
+(a stack of stride-2 3x3 conv + BatchNorm + GELU, ``timm.models.xcit.ConvPatchEmbed``), ``pos_embed=fourier``
+(sinusoidal features of the patch coordinates through a 1x1 conv, added to the patch tokens only,
+``PositionalEncodingFourier``), ``class_attention_layers=k`` (CaiT: the CLS token joins only for k final
+class-attention blocks, ``ClassAttentionBlock`` with LayerScale ``block.layer_scale`` or 1 and the XCiT
+token norm; the mixer blocks then see patch tokens alone) and ``drop_path_schedule=constant``.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from dataclasses import dataclass, fields
 
 import torch
 from timm.layers import DropPath, LayerScale, Mlp, PatchEmbed, trunc_normal_
+from timm.models.xcit import ClassAttentionBlock, ConvPatchEmbed, PositionalEncodingFourier
 from torch import nn
 
 from mixerlab.errors import ConfigError
@@ -122,6 +130,13 @@ class Block(nn.Module):
         return self._mlp(self._mix(x))
 
 
+class ConvStem(ConvPatchEmbed):
+    """XCiT's convolutional patch embedding, returning the (B, h*w, D) tokens alone."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x)[0]
+
+
 def layer_plan(
     depth: int,
     mixer: MixerFactory,
@@ -173,6 +188,9 @@ class VisionTransformer(nn.Module):
         drop_path_rate: float = 0.0,
         block: Mapping | None = None,
         schedule: Sequence[Mapping] | None = None,
+        patch_embed: str = "linear",
+        class_attention_layers: int = 0,
+        drop_path_schedule: str = "linear",
     ) -> None:
         super().__init__()
         if img_size % patch_size:
@@ -181,27 +199,35 @@ class VisionTransformer(nn.Module):
                 "pick an image size that is a multiple of the patch size"
             )
         check_heads(embed_dim, num_heads, "backbone.num_heads")
-        if head not in ("cls", "gap"):
-            raise ConfigError(f"backbone.head={head!r} must be 'cls' or 'gap'")
-        if pos_embed not in ("learned", "none"):
-            raise ConfigError(f"backbone.pos_embed={pos_embed!r} must be 'learned' or 'none'")
+        check_token_options(
+            head, pos_embed, patch_embed, patch_size, class_attention_layers, drop_path_schedule
+        )
         self.num_classes = num_classes
         self.img_size = img_size
         self.head_type = head
         grid = img_size // patch_size
-        self.layout = TokenLayout(grid=(grid, grid), num_prefix=1 if head == "cls" else 0)
+        # with class-attention layers the CLS token joins after the mixer blocks, which see patches alone
+        cls_in_blocks = head == "cls" and not class_attention_layers
+        self.layout = TokenLayout(grid=(grid, grid), num_prefix=1 if cls_in_blocks else 0)
 
-        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        if patch_embed == "conv":
+            self.patch_embed = ConvStem(img_size, patch_size, in_chans, embed_dim)
+        else:
+            self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if head == "cls" else None
         self.pos_embed = (
             nn.Parameter(torch.zeros(1, self.layout.num_tokens, embed_dim))
             if pos_embed == "learned"
             else None
         )
+        self.pos_fourier = PositionalEncodingFourier(dim=embed_dim) if pos_embed == "fourier" else None
         self.pos_drop = nn.Dropout(drop_rate)
 
         plan = layer_plan(depth, mixer, block, schedule)
-        drop_paths = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()  # cpu: also under meta
+        if drop_path_schedule == "constant":  # XCiT / ToST: every block drops with the same rate
+            drop_paths = [drop_path_rate] * depth
+        else:
+            drop_paths = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()  # cpu: also meta
         self.blocks = nn.Sequential(
             *(
                 Block(
@@ -213,6 +239,16 @@ class VisionTransformer(nn.Module):
                     proj_drop=drop_rate,
                 )
                 for i, (factory, spec) in enumerate(plan)
+            )
+        )
+        eta = plan[-1][1].layer_scale or 1.0
+        self.class_blocks = nn.Sequential(
+            *(
+                ClassAttentionBlock(
+                    embed_dim, num_heads, mlp_ratio, qkv_bias=True, proj_drop=drop_rate, eta=eta,
+                    tokens_norm=True,
+                )
+                for _ in range(class_attention_layers)
             )
         )
         self.norm = nn.LayerNorm(embed_dim)
@@ -246,17 +282,50 @@ class VisionTransformer(nn.Module):
                 f"but got {tuple(images.shape[-2:])}"
             )
         x = self.patch_embed(images)  # (B, h*w, D)
-        if self.cls_token is not None:
-            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, 1+h*w, D)
+        B, h, w = x.shape[0], *self.layout.grid
+        if self.pos_fourier is not None:  # (B, D, h, w) -> (B, h*w, D), patch tokens only
+            x = x + self.pos_fourier(B, h, w).flatten(2).transpose(1, 2).to(x.dtype)
+        cls = self.cls_token.expand(B, -1, -1) if self.cls_token is not None else None
+        if cls is not None and self.layout.num_prefix:
+            x = torch.cat([cls, x], dim=1)  # (B, 1+h*w, D)
         if self.pos_embed is not None:
             x = x + self.pos_embed
         x = self.blocks(self.pos_drop(x))
+        if len(self.class_blocks):
+            x = self.class_blocks(torch.cat([cls, x], dim=1))  # CaiT: CLS attends to the final patches
         return self.norm(x)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = self.forward_features(images)
         pooled = x[:, 0] if self.head_type == "cls" else x.mean(dim=1)  # (B, D)
         return self.head(pooled)
+
+
+def check_token_options(
+    head: str, pos_embed: str, patch_embed: str, patch_size: int, class_layers: int, drop_path_schedule: str
+) -> None:
+    if head not in ("cls", "gap"):
+        raise ConfigError(f"backbone.head={head!r} must be 'cls' or 'gap'")
+    if pos_embed not in ("learned", "fourier", "none"):
+        raise ConfigError(f"backbone.pos_embed={pos_embed!r} must be 'learned', 'fourier' or 'none'")
+    if patch_embed not in ("linear", "conv"):
+        raise ConfigError(f"backbone.patch_embed={patch_embed!r} must be 'linear' or 'conv'")
+    if patch_embed == "conv" and patch_size not in (8, 16):
+        raise ConfigError(
+            f"backbone.patch_embed=conv (XCiT's stride-2 conv stem) supports backbone.patch_size 8 or 16, "
+            f"not {patch_size}: use backbone.patch_embed=linear"
+        )
+    if not isinstance(class_layers, int) or class_layers < 0:
+        raise ConfigError(f"backbone.class_attention_layers={class_layers!r} must be an integer >= 0")
+    if class_layers and head != "cls":
+        raise ConfigError(
+            f"backbone.class_attention_layers={class_layers} needs backbone.head=cls "
+            "(the class-attention blocks read out a CLS token)"
+        )
+    if drop_path_schedule not in ("linear", "constant"):
+        raise ConfigError(
+            f"backbone.drop_path_schedule={drop_path_schedule!r} must be 'linear' or 'constant'"
+        )
 
 
 def count_parameters(model: nn.Module) -> int:

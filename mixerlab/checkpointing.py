@@ -108,3 +108,8 @@ class RunCheckpoint(Checkpoint):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
         self.save(trainer)
+
+
+def checkpoint_step(path: Path | str) -> int:
+    """The optimizer step a checkpoint was written at (memory-mapped: the weights are not read)."""
+    return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"])

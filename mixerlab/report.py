@@ -31,10 +31,10 @@ METRICS = (
     ("params", "params", None),
     ("flops", "FLOPs/img", None),
     ("train_images_per_s", "train img/s", 1),
-    ("peak_memory_mb", "peak mem MB", 0),
+    ("step_memory_mb", "step mem MB", 1),
     ("wall_s", "wall s", 1),
 )
-AGGREGATED = ("top1", "top5", "best_top1", "train_images_per_s", "peak_memory_mb", "wall_s")
+AGGREGATED = ("top1", "top5", "best_top1", "train_images_per_s", "step_memory_mb", "wall_s")
 
 
 # ---------------------------------------------------------------------------------------------- records
@@ -375,6 +375,14 @@ class SweepReport:
             lines.append(f"Fastest training within 1 point of the best — {describe(fastest)}")
         return lines
 
+    def memory_note(self) -> str | None:
+        """How the runs' step memory was measured (summary.json ``step_memory_method`` and batch)."""
+        methods = sorted({f"{r.summary['step_memory_method']} at batch {r.summary.get('step_memory_batch')}"
+                          for r in self.runs if r.summary.get("step_memory_method")})
+        if not methods:
+            return None
+        return "step mem MB: peak tensor memory of one training step per run — " + "; ".join(methods)
+
     def status_line(self) -> str:
         counts: dict[str, int] = {}
         for run in self.runs:
@@ -469,6 +477,8 @@ class SweepReport:
             + "</div>",
             "<h2>Runs</h2><p class=\"meta\">Click a column header to sort.</p>", self._runs_table(out_dir),
         ]
+        if self.memory_note():
+            parts.append(f'<p class="meta" id="memory-method">{html.escape(self.memory_note())}</p>')
         if aggregated:
             parts += ["<h2>Configurations (mean ± std over seeds)</h2>", self._groups_table(out_dir)]
         parts += robustness_sections(self.groups)
@@ -485,18 +495,22 @@ class SweepReport:
     def markdown(self, out_dir: Path, plot_files: dict[str, Path]) -> str:
         lines = [f"# Sweep report: {', '.join(self.sweeps)}", "", self.status_line(), ""]
         lines += [f"- {line}" for line in self.answer_lines()] + [""]
-        lines += ["## Results", "", "| model | params | FLOPs | top-1 | wall s | config |",
-                  "|---|---:|---:|---:|---:|---|"]
+        lines += ["## Results", "", "| model | params | FLOPs | top-1 | step mem MB | wall s | config |",
+                  "|---|---:|---:|---:|---:|---:|---|"]
         for group in self.groups:
             first = group.runs[0]
             mean, std = group.stat("top1")
             wall, wall_std = group.stat("wall_s")
+            memory, memory_std = group.stat("step_memory_mb")
             link = rel_link(first.config_path, out_dir)
             label = group.label if len(self.sweeps) == 1 else f"{group.sweep}: {group.label}"
             lines.append(f"| {label} | {si(first.value('params'))} | {si(first.value('flops'))} | "
                          f"{fmt_stat(mean, std, 2, len(group.runs))} | "
+                         f"{fmt_stat(memory, memory_std, 1, len(group.runs))} | "
                          f"{fmt_stat(wall, wall_std, 1, len(group.runs))} | "
                          f"{f'[config]({link})' if link else '—'} |")
+        if self.memory_note():
+            lines += ["", self.memory_note()]
         lines += ["", "## All runs", ""]
         heads = ["job", "status", *[t for _, t, _ in METRICS], "config"]
         lines += ["| " + " | ".join(heads) + " |", "|---|---|" + "---:|" * len(METRICS) + "---|"]

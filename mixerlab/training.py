@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import statistics
 import time
 import traceback
@@ -15,8 +16,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from mixerlab.build import build_backbone, build_datamodule, build_recipe, mixer_name
-from mixerlab.checkpointing import AtomicCheckpointIO, RunCheckpoint
-from mixerlab.costs import count_flops, count_parameters, weights_sha256
+from mixerlab.checkpointing import AtomicCheckpointIO, RunCheckpoint, checkpoint_step
+from mixerlab.costs import count_flops, count_parameters, step_memory, weights_sha256
 from mixerlab.errors import ConfigError
 from mixerlab.fastpath import apply_fast_path
 from mixerlab.loggers import finish_loggers, start_loggers
@@ -30,8 +31,6 @@ log = logging.getLogger("mixerlab")
 def process_age_s() -> float:
     """Seconds since this process started (Linux /proc), so wall time includes interpreter start-up."""
     try:
-        import os
-
         ticks = os.sysconf("SC_CLK_TCK")
         start = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19]) / ticks
         return float(Path("/proc/uptime").read_text().split()[0]) - start
@@ -122,13 +121,19 @@ def train(cfg: DictConfig) -> dict:
         "git_commit": git_commit(),
         "run_dir": str(run.path),
     }
-    # after the FLOP count and the EMA copy, both of which want the eager module
+    summary.update(_step_memory(backbone, recipe, trainer, cfg, per_device_batch))
+    # after the FLOP count, the memory step and the EMA copy, all of which want the eager module
     summary["fast_path"] = apply_fast_path(cfg.get("fastpath"), backbone, num_workers=datamodule.num_workers)
     if trainer.is_global_zero:
         run.save_config(cfg)
     resume = run.last_checkpoint
-    if resume and trainer.is_global_zero:
-        log.info("resuming from %s", resume)
+    if resume:
+        # durable evidence of a resume (a requeue's kill can cut the log before a line reaches it)
+        summary["resumed_from_step"] = checkpoint_step(resume)
+        if os.environ.get("SLURM_RESTART_COUNT"):
+            summary["slurm_restart_count"] = int(os.environ["SLURM_RESTART_COUNT"])
+        if trainer.is_global_zero:
+            log.info("resuming from %s (step %d)", resume, summary["resumed_from_step"])
     try:
         ckpt_path = str(resume) if resume else None
         trainer.fit(recipe, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
@@ -159,7 +164,7 @@ def train(cfg: DictConfig) -> dict:
         top1_ema=_round(last.get("val/top1_ema")),
         train_loss=_round(last.get("train/loss"), 4),
         train_images_per_s=_round(statistics.median(throughput) if throughput else None, 1),
-        peak_memory_mb=round(peak_memory_mb(), 1),
+        process_peak_memory_mb=round(peak_memory_mb(), 1),
         wall_s=round(time.perf_counter() - t_start, 2),
         startup_s=_round(recipe.first_step_at - t_start if recipe.first_step_at else None, 2),
         epochs=trainer.current_epoch,
@@ -185,9 +190,29 @@ def train(cfg: DictConfig) -> dict:
 def _flops(backbone, cfg: DictConfig) -> dict:
     flops = count_flops(backbone, cfg.data.img_size, cfg.data.in_chans)
     out = {"flops": flops["flops"]}
-    if flops["analytic"]:
-        out["flops_note"] = f"FFT FLOPs counted analytically for {', '.join(flops['analytic_from'])}"
+    if flops["note"]:
+        out["flops_note"] = flops["note"]
     return out
+
+
+def _step_memory(backbone, recipe, trainer: L.Trainer, cfg: DictConfig, batch_size: int) -> dict:
+    """Peak tensor memory of one training step at this run's per-device batch (mixerlab.costs.step_memory),
+    on a copy of the model, before fit: the run's weights and random streams are untouched. Cross-entropy on
+    hard labels stands in for the recipe's loss (Mixup's soft targets change no activation's size)."""
+    import torch
+    from timm.optim import create_optimizer_v2
+
+    device = trainer.strategy.root_device
+    d, hp = cfg.data, recipe.hparams
+    images = torch.zeros(batch_size, d.in_chans, d.img_size, d.img_size, device=device)
+    targets = torch.zeros(batch_size, dtype=torch.long, device=device)
+
+    def make_optimizer(model):
+        return create_optimizer_v2(model, opt=hp.opt, lr=hp.lr, weight_decay=hp.weight_decay, eps=hp.opt_eps,
+                                   betas=tuple(hp.betas), **dict(hp.opt_kwargs or {}))
+
+    return step_memory(backbone, images, targets, torch.nn.functional.cross_entropy, make_optimizer,
+                       forward_context=trainer.precision_plugin.forward_context)
 
 
 def _round(value, digits: int = 2):

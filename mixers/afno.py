@@ -13,7 +13,7 @@ fraction 1).
 
 CLS handling: the transform is defined on the patch grid; prefix tokens are left out and returned
 unchanged (the "+ x" of a mixer whose spectral part is empty for them). The block-diagonal MLP's einsums
-are counted by ``torch.utils.flop_counter``; :meth:`AFNO.extra_flops` adds the two FFTs analytically.
+are counted by ``torch.utils.flop_counter``, the two FFTs by the formulas in ``mixerlab/costs.py``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from torch import nn
 
 from mixerlab.errors import ConfigError
 from mixers.contract import TokenLayout, autocast_off, split_prefix
-from mixers.spectral import rfft2_flops
 
 
 class AFNO(nn.Module):
@@ -75,7 +74,3 @@ class AFNO(nn.Module):
             grid = torch.fft.irfft2(spectrum, s=(h, w), dim=(1, 2), norm="ortho")
         out = grid.reshape(B, N, C).to(x.dtype) + tokens
         return torch.cat([prefix, out], dim=1) if prefix.shape[1] else out
-
-    def extra_flops(self) -> int:
-        h, w = self.layout.grid
-        return 2 * rfft2_flops(h, w, self.w1.shape[1] * self.w1.shape[2])

@@ -5,13 +5,11 @@
 No parameters. FNet's encoder block is post-norm (``backbone.block.style=postnorm``): ``LN(x + mix(x))``,
 ``LN(x + FFN(x))``. The transform runs over the whole 1-D sequence, CLS token included, as FNet does with
 its [CLS] token; it needs no grid, so any token count works. It runs in float32 (half-precision FFTs need
-power-of-two sizes). ``extra_flops`` counts the transform analytically (a real-input 2-D FFT of n = N*C
-points: 2.5 n log2 n), since ``torch.utils.flop_counter`` has no FFT formulas.
+power-of-two sizes). The transform's FLOPs are counted by the formulas in ``mixerlab/costs.py`` (the real
+input is cast to complex first, so it is one complex transform of n = N*C points).
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import nn
@@ -22,11 +20,7 @@ from mixers.contract import TokenLayout, autocast_off
 class FourierMixing(nn.Module):
     def __init__(self, dim: int, layout: TokenLayout, layer_index: int = 0, num_layers: int = 1) -> None:
         super().__init__()
-        self.points = layout.num_tokens * dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with autocast_off(x.device):
             return torch.fft.fftn(x.float(), dim=(1, 2)).real.to(x.dtype)
-
-    def extra_flops(self) -> int:
-        return int(2.5 * self.points * math.log2(self.points))

@@ -14,26 +14,16 @@ FFT and returned unchanged, exactly what a filter over a 1x1 grid would do, and 
 block's norms, residual and MLP.
 
 The FFT runs in float32 even under autocast, as in the official code (half-precision FFTs need power-of-two
-sizes). ``torch.utils.flop_counter`` has no FFT formulas, so :meth:`GlobalFilter.extra_flops` counts the two
-transforms analytically (5 n log2 n real FLOPs per complex transform of length n, halved for real input)
-plus the complex product.
+sizes). The two transforms' FLOPs are counted by the formulas in ``mixerlab/costs.py``.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import nn
 
 from mixerlab.errors import ConfigError
 from mixers.contract import TokenLayout, autocast_off, split_prefix
-
-
-def rfft2_flops(h: int, w: int, channels: int) -> int:
-    """FLOPs of one real 2-D FFT (or its inverse) of an h x w x channels array, the usual 5 N log2 N / 2."""
-    n = h * w
-    return int(2.5 * n * math.log2(n) * channels) if n > 1 else 0
 
 
 class GlobalFilter(nn.Module):
@@ -67,9 +57,3 @@ class GlobalFilter(nn.Module):
             grid = torch.fft.irfft2(spectrum, s=(h, w), dim=(1, 2), norm="ortho")
         out = grid.reshape(B, N, C).to(x.dtype)
         return torch.cat([prefix, out], dim=1) if prefix.shape[1] else out
-
-    def extra_flops(self) -> int:
-        h, w = self.layout.grid
-        channels = self.complex_weight.shape[2]
-        complex_product = 6 * h * (w // 2 + 1) * channels
-        return 2 * rfft2_flops(h, w, channels) + complex_product

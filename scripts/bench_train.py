@@ -46,7 +46,6 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from torch import nn  # noqa: E402
-from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from mixerlab.build import build_backbone, build_datamodule, build_recipe, compose_config, mixer_name  # noqa: E402
@@ -222,15 +221,15 @@ def timm_counterpart(cfg: DictConfig) -> tuple[nn.Module, str]:
 def step_flops(model: nn.Module, cfg: DictConfig, device: torch.device) -> int:
     """FLOPs of one image's forward + backward (torch.utils.flop_counter, multiply-add = 2), eager model.
 
-    Counted under the math SDPA kernel so attention is counted on every device; FLOPs scale with batch.
+    Attention and FFT ops (forward and backward) are counted by mixerlab.costs' formulas on any torch,
+    whichever SDPA backend runs; FLOPs scale with batch.
     """
     d = cfg.data
     images = torch.randn(1, d.in_chans, d.img_size, d.img_size, device=device)
-    with FlopCounterMode(display=False) as counter, sdpa_kernel([SDPBackend.MATH]):
+    with FlopCounterMode(display=False) as counter:
         model(images).float().sum().backward()
     model.zero_grad(set_to_none=True)
-    extra = sum(int(m.extra_flops()) for m in model.modules() if callable(getattr(m, "extra_flops", None)))
-    return int(counter.get_total_flops()) + 3 * extra  # analytic (FFT) forward FLOPs: backward ~ 2x forward
+    return int(counter.get_total_flops())
 
 
 def peak_tflops(device: torch.device, override: float | None) -> tuple[float | None, str | None]:

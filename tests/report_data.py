@@ -34,7 +34,10 @@ def make_sweep(root: Path, name: str = "mixer+seed-0123abcd") -> Path:
         rows = ["epoch,step,train/loss,val/top1"]
         if status == "completed":
             summary.update(top1=top1, top5=99.0, best_top1=top1 + 0.5, train_images_per_s=ips,
-                           peak_memory_mb=900.0 + num, wall_s=30.0 + num)
+                           step_memory_mb=(50.0 if choices["mixer"] == "attention" else 20.0) + num,
+                           step_memory_batch=64, process_peak_memory_mb=1583.0,
+                           step_memory_method="cpu: peak of live tensor storages over one training step",
+                           wall_s=30.0 + num)
             # epoch 1 logged twice, as a run killed after logging it and resumed from epoch 0 leaves it
             rows += ["0,10,2.0,50.0", "1,20,1.5,70.0", "1,20,1.4,71.0", f"2,30,1.0,{top1}"]
         else:

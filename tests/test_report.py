@@ -86,10 +86,12 @@ def test_answer_names_the_best_configuration_and_the_cheaper_one_close_to_it(wri
 def test_markdown_is_a_model_zoo_table(written):
     sweep, _, _, md = written
     lines = md.splitlines()
-    head = lines.index("| model | params | FLOPs | top-1 | wall s | config |")
-    assert lines[head + 2] == "| mixer=attention | 203K | 7M | 93.00 ± 2.00 (n=3) | 31.0 ± 1.0 (n=3) | " \
-                              "[config](mixer=attention,seed=0/config.yaml) |"
-    assert lines[head + 3].startswith("| mixer=pooling | 186K | 4M | 92.50 | 33.0 |")
+    head = lines.index("| model | params | FLOPs | top-1 | step mem MB | wall s | config |")
+    assert lines[head + 2] == "| mixer=attention | 203K | 7M | 93.00 ± 2.00 (n=3) | 51.0 ± 1.0 (n=3) | " \
+                              "31.0 ± 1.0 (n=3) | [config](mixer=attention,seed=0/config.yaml) |"
+    assert lines[head + 3].startswith("| mixer=pooling | 186K | 4M | 92.50 | 23.0 | 33.0 |")
+    assert "step mem MB: peak tensor memory of one training step per run — cpu: peak of live tensor " \
+           "storages over one training step at batch 64" in md
     for plot in re.findall(r"!\[\w+\]\(([^)]+)\)", md):
         assert (sweep / plot).read_text().startswith("<svg")
 
@@ -121,3 +123,12 @@ def test_report_of_a_directory_of_plain_runs_finds_what_varies(tmp_path):
     assert len(report.runs) == len(JOBS) - 1  # the pending job never ran: nothing on disk
     assert report.varied == ["seed"] and {r.mixer for r in report.runs} >= {"attention", "pooling"}
     assert Path(report.write()[0]).is_file()
+
+
+def test_report_shows_each_runs_step_memory_and_how_it_was_measured(written):
+    _, report, page, _ = written
+    assert "<button type=\"button\">step mem MB</button>" in page and "peak mem MB" not in page
+    assert 'id="memory-method"' in page and "live tensor storages" in page and "at batch 64" in page
+    groups = {g.label: g for g in report.groups}
+    assert groups["mixer=attention"].stat("step_memory_mb") == (51.0, 1.0)
+    assert groups["mixer=pooling"].stat("step_memory_mb")[0] == 23.0

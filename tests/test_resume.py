@@ -82,8 +82,11 @@ def test_a_run_killed_at_many_points_resumes_to_the_same_weights(uninterrupted, 
         killed(run_dir, step, hook)
         assert checkpoint_step(run_dir) == resumes_from, (step, hook)
     killed_from_outside_after_next_checkpoint(run_dir)  # and once at a moment nobody chose
-    assert 35 <= checkpoint_step(run_dir) < 44, "killed too late to test a resume"
+    resumed_from = checkpoint_step(run_dir)
+    assert 35 <= resumed_from < 44, "killed too late to test a resume"
     _, summary = run_train(run_dir, *RUN, env=ENV)
+
+    assert summary["resumed_from_step"] == resumed_from and "resumed_from_step" not in ref
 
     assert summary["status"] == "completed" and summary["steps"] == ref["steps"] == 44
     assert summary["weights_sha256"] == ref["weights_sha256"]

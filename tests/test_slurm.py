@@ -145,7 +145,8 @@ def test_a_job_requeued_with_scontrol_resumes_to_the_same_weights(uninterrupted_
     assert wait_done(job, log) == "COMPLETED", log.read_text()[-4000:]
     assert job_field(job, "Restarts") == "1"
     wait_for_accounting(job, ["REQUEUED", "COMPLETED"])
-    assert "resuming from" in log.read_text()
+    summary = summary_of(run_dir)
+    assert summary["slurm_restart_count"] == 1 and 5 <= summary["resumed_from_step"] < 44, summary
     assert summary_of(run_dir)["weights_sha256"] == summary_of(reference_dir)["weights_sha256"]
 
 
@@ -162,12 +163,13 @@ def test_a_job_signalled_with_sigusr1_checkpoints_requeues_itself_and_resumes_to
     release_requeued(job, log)
 
     assert wait_done(job, log) == "COMPLETED", log.read_text()[-4000:]
-    text = log.read_text()
-    saved = re.search(r"checkpointed at step (\d+) and requeued", text)
-    assert saved and int(saved.group(1)) < 44, text[-4000:]
-    assert f"requeued SLURM job {job} at step {saved.group(1)}" in text
+    # durable evidence only (a requeue's kill can cut the log before a line reaches it): SLURM counted one
+    # restart, the restarted job resumed from a checkpoint before the end, and the weights are exact
+    assert job_field(job, "Restarts") == "1"
     wait_for_accounting(job, ["REQUEUED", "COMPLETED"])
-    assert summary_of(run_dir)["weights_sha256"] == summary_of(reference_dir)["weights_sha256"]
+    summary = summary_of(run_dir)
+    assert summary["slurm_restart_count"] == 1 and 0 < summary["resumed_from_step"] < 44, summary
+    assert summary["weights_sha256"] == summary_of(reference_dir)["weights_sha256"]
 
 
 def test_a_sweep_through_the_hydra_launcher_runs_as_one_job_array_and_submitit_requeues_it(

@@ -21,7 +21,10 @@ SUMMARY_KEYS = {
     "params",
     "flops",
     "train_images_per_s",
-    "peak_memory_mb",
+    "step_memory_mb",
+    "step_memory_method",
+    "step_memory_batch",
+    "process_peak_memory_mb",
     "wall_s",
     "epochs",
     "mixer",
@@ -42,6 +45,8 @@ def test_default_training_beats_chance_and_writes_a_complete_run_directory(train
     assert summary["top1"] > 30, summary  # 10 classes: chance is 10%
     assert summary["best_top1"] >= summary["top1"]
     assert summary["epochs"] == 5 and summary["params"] > 0 and summary["flops"] > 0
+    assert summary["step_memory_batch"] == 64 and 0 < summary["step_memory_mb"] < 500
+    assert summary["step_memory_method"].startswith("cpu: peak of live tensor storages")
     assert len(summary["weights_sha256"]) == 64
     assert (summary["mixer"], summary["backbone"], summary["data"]) == ("attention", "vit_micro", "digits")
     run_dir = summary["run_dir"]
@@ -126,6 +131,7 @@ def test_model_info_prints_size_and_cost_without_data():
             "data.img_size=224",
             "data.num_classes=1000",
             "data.in_chans=3",
+            "--memory-batch=2",
         ],
         cwd=REPO,
         capture_output=True,
@@ -137,3 +143,5 @@ def test_model_info_prints_size_and_cost_without_data():
     assert info["params"] == 5_717_416 and info["tokens"] == 197
     assert info["mixer"] == "attention" and info["backbone"] == "vit_tiny"
     assert abs(info["flops"] / 2.52e9 - 1) < 0.03
+    weights_grads_adam = 4 * 5_717_416 * 4 / 2**20
+    assert info["step_memory_batch"] == 2 and info["step_memory_mb"] > weights_grads_adam
