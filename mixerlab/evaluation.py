@@ -308,9 +308,21 @@ def register_eval_resolvers() -> None:
     from mixerlab.config import register_resolvers
 
     register_resolvers()
+    if not OmegaConf.has_resolver("eval_run_dir"):  # a multirun keeps Hydra's multirun.yaml in <run>/.eval
+        OmegaConf.register_new_resolver("eval_run_dir", _run_dir_of, use_cache=True)
     if not OmegaConf.has_resolver("eval_set_name"):
         OmegaConf.register_new_resolver(
             "eval_set_name", lambda choice: CLEAN if choice in (None, "", "None", "null") else str(choice))
+
+
+def _run_dir_of(run) -> str:
+    """The run directory of ``run`` (a directory or a checkpoint in it), without checking it exists."""
+    if run in (None, "", "None", "null"):
+        return "."
+    path = Path(str(run)).expanduser()
+    if path.suffix == ".ckpt":
+        path = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    return str(path)
 
 
 def _summary(run_dir: Path) -> dict:

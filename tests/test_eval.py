@@ -107,6 +107,15 @@ def test_eval_of_a_run_writes_clean_with_the_ema_weights_and_counts_every_image(
     assert eval_json(digits_run)["sets"]["clean"] == clean  # merged, not replaced
 
 
+def test_a_multirun_merges_every_set_into_one_eval_json_and_writes_nothing_elsewhere(digits_run):
+    before = set(os.listdir(REPO))
+    run_eval("-m", f"run={digits_run}", "limit=20", "set_name=first20_a,first20_b")
+    sets = eval_json(digits_run)["sets"]
+    assert sets["first20_a"]["images"] == sets["first20_b"]["images"] == 20
+    assert (digits_run / ".eval" / "multirun.yaml").is_file()
+    assert set(os.listdir(REPO)) == before
+
+
 def test_a_directory_that_is_not_a_run_is_refused(tmp_path):
     proc = run_eval(f"run={tmp_path}", check=False)
     assert proc.returncode != 0 and "has no config.yaml" in proc.stderr
