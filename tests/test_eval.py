@@ -290,6 +290,28 @@ def test_folders_whose_classes_do_not_match_are_refused_naming_folder_and_mismat
         RealLabelSet(str(tmp_path / "real"), img_size=32)
 
 
+# ---------------------------------------------------------------------------------------------- receptive fields
+def test_receptive_field_of_pooling_is_local_and_of_attention_global():
+    """Block 0, 4x4 grid of 4-px patches: pooling's centre token (patch (2, 2)) sees only its 3x3 patch
+    neighbourhood (rows and columns 4..15 of the image); attention's sees every pixel. CLS head too."""
+    from mixerlab.erf import centre_token, effective_receptive_fields
+    from mixers.metaformer import Pooling
+    from tests.conftest import tiny_vit
+
+    torch.manual_seed(0)
+    images = torch.randn(3, 1, 16, 16)
+    pooling = tiny_vit(lambda **kw: Pooling(pool_size=3, **kw), head="gap").eval()
+    heat = effective_receptive_fields(pooling, images, [0])[0]
+    assert heat.shape == (16, 16)
+    assert heat[4:16, 4:16].min() > 0 and heat[:4].max() == 0 and heat[:, :4].max() == 0
+    attention = tiny_vit(head="cls").eval()
+    assert centre_token(attention) == 1 + 2 * 4 + 2
+    maps = effective_receptive_fields(attention, images, [0, -1])
+    assert sorted(maps) == [0, 1] and all(m.min() > 0 for m in maps.values())
+    with pytest.raises(ConfigError, match="erf.layers"):
+        effective_receptive_fields(attention, images, [5])
+
+
 # ---------------------------------------------------------------------------------------------- 2 processes
 def test_two_processes_count_every_image_exactly_once(digits_run):
     """77 images (odd) on 2 processes: a padding sampler would count 78; the figures equal one process's."""
