@@ -14,12 +14,17 @@ XCiT-style backbones (XCiT, ToST) are options too, built from timm's XCiT pieces
 ``PositionalEncodingFourier``), ``class_attention_layers=k`` (CaiT: the CLS token joins only for k final
 class-attention blocks, ``ClassAttentionBlock`` with LayerScale ``block.layer_scale`` or 1 and the XCiT
 token norm; the mixer blocks then see patch tokens alone) and ``drop_path_schedule=constant``.
+
+ConViT's departures are backbone options: ``cls_from_layer`` (the CLS token joins before layer k; earlier
+mixers get a layout without prefix), ``pos_embed=learned_patches`` and ``norm_eps``. A mixer with its paper's
+own initialisation defines ``reset_mixer_parameters()``, called after the generic init below.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
+from functools import partial
 
 import torch
 from timm.layers import DropPath, LayerScale, Mlp, PatchEmbed, trunc_normal_
@@ -78,8 +83,8 @@ class BlockSpec:
 class TokenGroupNorm(nn.GroupNorm):
     """GroupNorm(1, C) on (B, N, C) tokens: normalise over all tokens and channels of a sample."""
 
-    def __init__(self, dim: int) -> None:
-        super().__init__(1, dim)
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__(1, dim, eps=eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x.transpose(1, 2)).transpose(1, 2)
@@ -97,10 +102,11 @@ class Block(nn.Module):
         mlp_ratio: float = 4.0,
         drop_path: float = 0.0,
         proj_drop: float = 0.0,
+        norm_eps: float = 1e-5,
     ) -> None:
         super().__init__()
         self.spec = spec
-        norm = NORM_LAYERS[spec.norm]
+        norm = partial(NORM_LAYERS[spec.norm], eps=norm_eps)
         self.norm1 = norm(dim) if spec.mixer_norm else nn.Identity()
         self.mixer = mixer
         self.ls1 = LayerScale(dim, spec.layer_scale) if spec.layer_scale else nn.Identity()
@@ -170,6 +176,36 @@ def layer_plan(
     return plan
 
 
+# learned: one per token, CLS included (DeiT); learned_patches: patches only (ConViT); fourier: XCiT's
+# sinusoidal features of the patch coordinates (patches only); none
+POS_EMBEDS = ("learned", "learned_patches", "fourier", "none")
+
+
+def check_cls_from_layer(
+    cls_from_layer: int, depth: int, head: str, pos_embed: str, class_attention_layers: int = 0
+) -> None:
+    """``backbone.cls_from_layer=k``: the CLS token joins before layer k (ConViT's local_up_to_layer)."""
+    if cls_from_layer == 0:
+        return
+    key = f"backbone.cls_from_layer={cls_from_layer}"
+    if not isinstance(cls_from_layer, int) or not 0 < cls_from_layer < depth:
+        raise ConfigError(
+            f"{key} must be an integer in [0, backbone.depth={depth}): a later CLS token is never mixed"
+        )
+    if head != "cls":
+        raise ConfigError(f"{key} needs backbone.head=cls (backbone.head={head!r} has no CLS token)")
+    if pos_embed == "learned":
+        raise ConfigError(
+            f"{key} with backbone.pos_embed=learned: the position embedding would cover a CLS token that "
+            "joins later; use backbone.pos_embed=learned_patches"
+        )
+    if class_attention_layers:
+        raise ConfigError(
+            f"{key} with backbone.class_attention_layers={class_attention_layers}: the CLS token joins "
+            "either before a mixer layer or for the final class-attention blocks; set one of them to 0"
+        )
+
+
 class VisionTransformer(nn.Module):
     def __init__(
         self,
@@ -184,6 +220,8 @@ class VisionTransformer(nn.Module):
         mlp_ratio: float = 4.0,
         head: str = "cls",
         pos_embed: str = "learned",
+        cls_from_layer: int = 0,
+        norm_eps: float = 1e-5,
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
         block: Mapping | None = None,
@@ -202,24 +240,26 @@ class VisionTransformer(nn.Module):
         check_token_options(
             head, pos_embed, patch_embed, patch_size, class_attention_layers, drop_path_schedule
         )
+        check_cls_from_layer(cls_from_layer, depth, head, pos_embed, class_attention_layers)
         self.num_classes = num_classes
         self.img_size = img_size
         self.head_type = head
+        self.cls_from_layer = cls_from_layer
         grid = img_size // patch_size
         # with class-attention layers the CLS token joins after the mixer blocks, which see patches alone
         cls_in_blocks = head == "cls" and not class_attention_layers
         self.layout = TokenLayout(grid=(grid, grid), num_prefix=1 if cls_in_blocks else 0)
+        patches_only = TokenLayout(grid=(grid, grid), num_prefix=0)  # layers before the CLS token joins
 
         if patch_embed == "conv":
             self.patch_embed = ConvStem(img_size, patch_size, in_chans, embed_dim)
         else:
             self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if head == "cls" else None
-        self.pos_embed = (
-            nn.Parameter(torch.zeros(1, self.layout.num_tokens, embed_dim))
-            if pos_embed == "learned"
-            else None
-        )
+        pos_tokens = self.layout.num_tokens if pos_embed == "learned" else self.layout.num_patches
+        learned = pos_embed in ("learned", "learned_patches")
+        self.pos_embed = nn.Parameter(torch.zeros(1, pos_tokens, embed_dim)) if learned else None
+        self.pos_embed_prefix = pos_embed == "learned"
         self.pos_fourier = PositionalEncodingFourier(dim=embed_dim) if pos_embed == "fourier" else None
         self.pos_drop = nn.Dropout(drop_rate)
 
@@ -232,11 +272,17 @@ class VisionTransformer(nn.Module):
             *(
                 Block(
                     embed_dim,
-                    factory(dim=embed_dim, layout=self.layout, layer_index=i, num_layers=depth),
+                    factory(
+                        dim=embed_dim,
+                        layout=self.layout if i >= cls_from_layer else patches_only,
+                        layer_index=i,
+                        num_layers=depth,
+                    ),
                     spec,
                     mlp_ratio=mlp_ratio,
                     drop_path=drop_paths[i],
                     proj_drop=drop_rate,
+                    norm_eps=norm_eps,
                 )
                 for i, (factory, spec) in enumerate(plan)
             )
@@ -246,14 +292,17 @@ class VisionTransformer(nn.Module):
             *(
                 ClassAttentionBlock(
                     embed_dim, num_heads, mlp_ratio, qkv_bias=True, proj_drop=drop_rate, eta=eta,
-                    tokens_norm=True,
+                    tokens_norm=True, norm_layer=partial(nn.LayerNorm, eps=norm_eps),
                 )
                 for _ in range(class_attention_layers)
             )
         )
-        self.norm = nn.LayerNorm(embed_dim)
+        self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
         self.head = nn.Linear(embed_dim, num_classes)
         self._init_weights()
+        for module in self.modules():  # a paper's own initialisation (ConViT's local init) comes last
+            if module is not self and callable(getattr(module, "reset_mixer_parameters", None)):
+                module.reset_mixer_parameters()
 
     def _init_weights(self) -> None:
         if self.pos_embed is not None:
@@ -285,12 +334,18 @@ class VisionTransformer(nn.Module):
         B, h, w = x.shape[0], *self.layout.grid
         if self.pos_fourier is not None:  # (B, D, h, w) -> (B, h*w, D), patch tokens only
             x = x + self.pos_fourier(B, h, w).flatten(2).transpose(1, 2).to(x.dtype)
+        if self.pos_embed is not None and not self.pos_embed_prefix:
+            x = x + self.pos_embed  # patches only: the CLS token carries no position
         cls = self.cls_token.expand(B, -1, -1) if self.cls_token is not None else None
-        if cls is not None and self.layout.num_prefix:
+        if cls is not None and self.layout.num_prefix and self.cls_from_layer == 0:
             x = torch.cat([cls, x], dim=1)  # (B, 1+h*w, D)
-        if self.pos_embed is not None:
+        if self.pos_embed is not None and self.pos_embed_prefix:
             x = x + self.pos_embed
-        x = self.blocks(self.pos_drop(x))
+        x = self.pos_drop(x)
+        for i, block in enumerate(self.blocks):
+            if cls is not None and i == self.cls_from_layer > 0:
+                x = torch.cat([cls, x], dim=1)  # CLS joins late (ConViT)
+            x = block(x)
         if len(self.class_blocks):
             x = self.class_blocks(torch.cat([cls, x], dim=1))  # CaiT: CLS attends to the final patches
         return self.norm(x)
@@ -306,8 +361,8 @@ def check_token_options(
 ) -> None:
     if head not in ("cls", "gap"):
         raise ConfigError(f"backbone.head={head!r} must be 'cls' or 'gap'")
-    if pos_embed not in ("learned", "fourier", "none"):
-        raise ConfigError(f"backbone.pos_embed={pos_embed!r} must be 'learned', 'fourier' or 'none'")
+    if pos_embed not in POS_EMBEDS:
+        raise ConfigError(f"backbone.pos_embed={pos_embed!r} must be one of {list(POS_EMBEDS)}")
     if patch_embed not in ("linear", "conv"):
         raise ConfigError(f"backbone.patch_embed={patch_embed!r} must be 'linear' or 'conv'")
     if patch_embed == "conv" and patch_size not in (8, 16):

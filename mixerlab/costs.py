@@ -5,12 +5,15 @@ FLOPs come from ``torch.utils.flop_counter.FlopCounterMode``: dense, shape-based
 counts 2, elementwise work (activations, softmax, norms, complex products) counts 0. Its registry differs
 between torch releases: the CPU's fused attention (``aten._scaled_dot_product_flash_attention_for_cpu``) and
 the FFTs have no formula in some, so the attention matmuls and the spectral mixers' transforms would count 0
-there. At import this module registers a formula for each op the models use that the installed torch lacks
-(:data:`REGISTERED`), and only those, so a torch that has its own keeps it:
+there, and where a release has one it may count another thing (torch 2.15's fused CPU attention backward
+counts the forward's recomputation: 5 matmuls instead of 4). At import this module registers its formula for
+every op below that the installed torch has, replacing torch's own where there is one
+(:data:`FORMULA_SOURCE` says which), so the same model counts the same FLOPs on every torch:
 
 * attention, every fused variant (CPU flash, flash, memory-efficient, cuDNN, the "overrideable" kernel,
   MPS math) and its backward: ``softmax(q kᵀ) v`` = two batched matmuls, ``4·b·h·n_q·n_k·d`` forward,
-  ``8·b·h·n_q·n_k·d`` backward. A mask never lowers the count (an upper bound, as torch's own formulas);
+  ``8·b·h·n_q·n_k·d`` backward (model FLOPs: a kernel's recomputation is not counted, as in MFU).
+  A mask never lowers the count (an upper bound, as torch's own formulas);
   the decomposed math path runs as ``bmm`` and counts the same, so the figure does not depend on which
   backend the dispatcher picks.
 * FFTs: ``5·n·log₂n`` real FLOPs per complex transform of ``n = ∏`` transformed lengths, half for the real
@@ -103,23 +106,21 @@ FORMULAS: dict[str, Callable[..., int]] = {
 }
 
 
-def _register_missing() -> dict[str, str]:
-    """Register :data:`FORMULAS` for the ops this torch has but cannot count; ``{op: "mixerlab"|"torch"}``."""
+def _register() -> dict[str, str]:
+    """Register :data:`FORMULAS` for every op this torch has; ``{op: "added" | "replaces torch's"}``."""
     source = {}
     for name, formula in FORMULAS.items():
         op = getattr(aten, name, None)
         if op is None:
             continue  # not in this release: nothing dispatches to it
-        if op in flop_counter.flop_registry:
-            source[name] = "torch"
-            continue
+        replaced = flop_counter.flop_registry.pop(op, None) is not None
         register_flop_formula(op)(formula)
-        source[name] = "mixerlab"
+        source[name] = "replaces torch's" if replaced else "added"
     return source
 
 
-FORMULA_SOURCE: dict[str, str] = _register_missing()
-REGISTERED: tuple[str, ...] = tuple(name for name, src in FORMULA_SOURCE.items() if src == "mixerlab")
+FORMULA_SOURCE: dict[str, str] = _register()
+REGISTERED: tuple[str, ...] = tuple(FORMULA_SOURCE)
 
 
 # ---------------------------------------------------------------------------------------------- counting

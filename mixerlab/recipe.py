@@ -5,10 +5,16 @@ AdamW with no weight decay on 1-D parameters, position embedding and CLS token; 
 ``warmup_lr`` then cosine to ``min_lr`` (``decay=constant``: the peak held); Mixup/CutMix with label
 smoothing and soft-target cross-entropy; optional EMA (evaluated and reported separately) and gradient
 clipping. The pieces are timm's and torch's.
+
+Mixers reach the recipe through two contract mechanisms (mixers/contract.py): auxiliary losses
+(``pop_aux_losses``, added to the training loss and logged as ``train/aux_loss``; ``train/loss`` stays the
+classification loss so mixers compare on it) and per-parameter optimizer tags (``mark_optim``, honoured by
+:func:`param_groups`).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import time
 from collections.abc import Mapping, Sequence
 
@@ -31,6 +37,7 @@ from mixerlab.nonfinite import (
     loss_is_finite,
     nonfinite_loss_message,
 )
+from mixers.contract import OPTIM_KEYS, copy_unaveraged_buffers, pop_aux_losses
 
 
 def global_batch_size(per_device: int, world_size: int, accumulation: int) -> int:
@@ -65,6 +72,38 @@ def build_scheduler(
         warmup_prefix=True,
         t_in_epochs=False,
     )
+
+
+def param_groups(
+    model: nn.Module,
+    weight_decay: float,
+    lr_scales: Mapping[str, float] | None = None,
+) -> list[dict]:
+    """Optimizer groups keyed by (weight decay, LR scale), in the order parameters first appear.
+
+    Weight decay as timm's ``param_groups_weight_decay``: none on 1-D parameters, biases and the names (or
+    fnmatch patterns) in ``model.no_weight_decay()``. A parameter's ``_optim`` tag (``mark_optim``) overrides
+    both. ``lr_scales`` maps parameter names to an LR multiplier (e.g. layer-wise decay); the tag's
+    ``lr_scale`` multiplies it. timm's schedulers set each group's LR to the scheduled value x ``lr_scale``.
+    """
+    no_wd = getattr(model, "no_weight_decay", None)
+    no_wd = set(no_wd()) if callable(no_wd) else set()
+    groups: dict[tuple[float, float], dict] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        tags = dict(getattr(param, "_optim", {}))
+        unknown = set(tags) - set(OPTIM_KEYS)
+        if unknown:
+            raise ConfigError(f"parameter {name} has _optim keys {sorted(unknown)}; use {list(OPTIM_KEYS)}")
+        excluded = param.ndim <= 1 or name.endswith(".bias") or any(fnmatch.fnmatch(name, p) for p in no_wd)
+        decay = float(tags.get("weight_decay", 0.0 if excluded or not weight_decay else weight_decay))
+        scale = float((lr_scales or {}).get(name, 1.0)) * float(tags.get("lr_scale", 1.0))
+        group = groups.setdefault((decay, scale), {"params": [], "weight_decay": decay})
+        if scale != 1.0:
+            group["lr_scale"] = scale
+        group["params"].append(param)
+    return list(groups.values())
 
 
 class Recipe(L.LightningModule):
@@ -125,6 +164,8 @@ class Recipe(L.LightningModule):
             ema_top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
             self.ema_metrics = nn.ModuleDict({"top1": ema_top1})
         self.train_loss = MeanMetric()
+        self.train_aux_loss = MeanMetric()  # mixers' auxiliary losses (mixers.contract.pop_aux_losses)
+        self._has_aux_loss = False
         self.val_loss = MeanMetric()
         self.global_batch = 0
         self.peak_lr = lr
@@ -149,10 +190,11 @@ class Recipe(L.LightningModule):
             raise ConfigError(f"data.batch_size={batch} must be even when Mixup/CutMix is on (recipe.mixup)")
 
     def build_optimizer(self) -> torch.optim.Optimizer:
-        """AdamW (timm) with weight decay off for 1-D parameters and the backbone's no_weight_decay()."""
+        """AdamW (timm) over :func:`param_groups`: no weight decay for 1-D parameters and the backbone's
+        no_weight_decay(), mixers' ``_optim`` tags honoured."""
         hp = self.hparams
         return create_optimizer_v2(
-            self.backbone,
+            param_groups(self.backbone, hp.weight_decay),
             opt=hp.opt,
             lr=self.peak_lr,
             weight_decay=hp.weight_decay,
@@ -198,6 +240,10 @@ class Recipe(L.LightningModule):
         if self.mixup_fn is not None:
             images, targets = self.mixup_fn(images, targets)
         loss = self.train_loss_fn(self(images), targets)
+        aux_loss = pop_aux_losses(self.backbone)
+        task_loss = loss
+        if aux_loss is not None:
+            loss = loss + aux_loss
         if not loss_is_finite(loss, self.trainer.strategy):
             message = nonfinite_loss_message(loss, self.global_step, self.current_epoch, batch_idx,
                                              self.hparams.nan_policy)
@@ -206,7 +252,10 @@ class Recipe(L.LightningModule):
             self.skipped_steps += 1
             print(message, flush=True)
             return None  # Lightning skips backward and the update for this batch
-        self.train_loss.update(loss.detach())
+        self.train_loss.update(task_loss.detach())
+        if aux_loss is not None:
+            self._has_aux_loss = True
+            self.train_aux_loss.update(aux_loss.detach())
         self._epoch_images += images.shape[0]
         if self._bar_redraws(batch_idx):
             self.log("loss", loss.detach(), prog_bar=True, logger=False)
@@ -226,6 +275,7 @@ class Recipe(L.LightningModule):
         # before that hook, and a checkpoint must hold the EMA of the weights it holds.
         if self.ema is not None:
             self.ema.update(self.backbone, step=self.global_step + 1)  # this step counted
+            copy_unaveraged_buffers(self.ema.module, self.backbone)  # e.g. random features: copied
 
     # ---------------------------------------------------------------- evaluation
     def on_validation_epoch_start(self) -> None:
@@ -268,6 +318,9 @@ class Recipe(L.LightningModule):
             "train/skipped_steps": self.skipped_steps,
         }
         self.train_loss.reset()
+        if self._has_aux_loss:
+            row["train/aux_loss"] = float(self.train_aux_loss.compute())
+            self.train_aux_loss.reset()
         for key, value in self.trainer.callback_metrics.items():
             if key.startswith("val/"):
                 row[key] = float(value)
@@ -281,17 +334,23 @@ class Recipe(L.LightningModule):
         checkpoint["skipped_steps"] = self.skipped_steps
         # the epoch's running train loss is per rank: keep every rank's, so a run resumed mid-epoch
         # reports the same epoch mean (all ranks are in here; all_gather stacks them on a new first dim)
-        states = self.train_loss.metric_state
-        if self.trainer.world_size > 1:
-            checkpoint["train_loss_per_rank"] = {k: self.all_gather(v).cpu() for k, v in states.items()}
-        else:
-            checkpoint["train_loss_per_rank"] = {k: v.detach().cpu()[None] for k, v in states.items()}
+        checkpoint["has_aux_loss"] = self._has_aux_loss
+        for key, metric in self._per_rank_metrics():
+            states = metric.metric_state
+            if self.trainer.world_size > 1:
+                checkpoint[key] = {k: self.all_gather(v).cpu() for k, v in states.items()}
+            else:
+                checkpoint[key] = {k: v.detach().cpu()[None] for k, v in states.items()}
+
+    def _per_rank_metrics(self) -> tuple[tuple[str, MeanMetric], ...]:
+        return ("train_loss_per_rank", self.train_loss), ("aux_loss_per_rank", self.train_aux_loss)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.history = list(checkpoint.get("history", []))
         self.skipped_steps = int(checkpoint.get("skipped_steps", 0))
-        states = checkpoint.get("train_loss_per_rank") or {}
+        self._has_aux_loss = bool(checkpoint.get("has_aux_loss", False))
         rank = self.trainer.global_rank if self._trainer is not None else 0
-        for name, per_rank in states.items():
-            if rank < len(per_rank):
-                setattr(self.train_loss, name, per_rank[rank].to(self.device))
+        for key, metric in self._per_rank_metrics():
+            for name, per_rank in (checkpoint.get(key) or {}).items():
+                if rank < len(per_rank):
+                    setattr(metric, name, per_rank[rank].to(self.device))

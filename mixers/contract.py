@@ -13,6 +13,24 @@ Adding a mixer is one ``mixers/<family>.py`` and one ``conf/mixer/<name>.yaml``;
 A mixer whose parameters fix the token count checks ``layout`` in ``__init__`` and raises
 :class:`mixerlab.errors.ConfigError` naming its config key, so a bad combination fails before any data
 is loaded.
+
+Beyond ``forward``, a mixer may use four mechanisms (all optional):
+
+- **Auxiliary losses.** During a training forward a module sets ``self.aux_loss`` to a scalar tensor,
+  already weighted (routing attention's commitment loss). The recipe calls :func:`pop_aux_losses` after the
+  forward, adds the sum to the training loss and logs it as ``train/aux_loss``.
+- **Optimizer groups.** :func:`mark_optim` tags a parameter with ``_optim = {"weight_decay": w,
+  "lr_scale": s}``; the recipe's optimizer groups parameters by (weight decay, LR scale) and honours the
+  tag (timm's schedulers multiply a group's LR by its ``lr_scale``). ``no_weight_decay()`` names still work.
+- **Non-parameter state** (random features, k-means centroids, step counters) lives in *persistent
+  buffers*, so checkpoints and the weights digest cover it. Per-step randomness comes from
+  :func:`step_generator` (seed, layer index, step counter): no hidden RNG state, every rank draws the same
+  numbers, a resumed run replays exactly. State updated from data is summed across ranks with
+  :func:`all_reduce_sum_` before it is applied. Buffers that must not be averaged by the recipe's weight
+  EMA (a random matrix) are named in the module's ``ema_copy_buffers``; :func:`copy_unaveraged_buffers`
+  copies them instead.
+- **Precision.** Regions that need float32 under bf16 autocast (FFTs, exponentials of random features,
+  pseudo-inverses) run inside :func:`autocast_off` on ``.float()`` inputs and cast back to the input dtype.
 """
 
 from __future__ import annotations
@@ -21,6 +39,8 @@ import contextlib
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
+from torch import nn
 
 from mixerlab.errors import ConfigError
 
@@ -74,3 +94,48 @@ def autocast_off(device: torch.device) -> contextlib.AbstractContextManager:
     if torch.amp.is_autocast_available(device.type):
         return torch.autocast(device_type=device.type, enabled=False)
     return contextlib.nullcontext()
+
+
+def pop_aux_losses(model: nn.Module) -> torch.Tensor | None:
+    """Sum of every module's ``aux_loss`` set during the last forward (each reset to None); None if none."""
+    total = None
+    for module in model.modules():
+        loss = getattr(module, "aux_loss", None)
+        if loss is not None:
+            total = loss if total is None else total + loss
+            module.aux_loss = None
+    return total
+
+
+OPTIM_KEYS = ("weight_decay", "lr_scale")
+
+
+def mark_optim(param: nn.Parameter, weight_decay: float | None = None, lr_scale: float | None = None) -> None:
+    """Give a parameter its own weight decay and/or LR multiplier in the recipe's optimizer."""
+    tags = dict(getattr(param, "_optim", {}))
+    if weight_decay is not None:
+        tags["weight_decay"] = float(weight_decay)
+    if lr_scale is not None:
+        tags["lr_scale"] = float(lr_scale)
+    param._optim = tags
+
+
+def step_generator(seed: int, layer_index: int, step: int, device: torch.device) -> torch.Generator:
+    """A generator that is a function of (seed, layer, step) alone: same numbers on every rank and resume."""
+    generator = torch.Generator(device=device)
+    generator.manual_seed(((int(seed) * 1_000_003 + int(layer_index)) * 1_000_003 + int(step)) % 2**63)
+    return generator
+
+
+def all_reduce_sum_(*tensors: torch.Tensor) -> None:
+    """Sum tensors over all ranks in place when running distributed (data-updated state, e.g. centroids)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        for tensor in tensors:
+            dist.all_reduce(tensor)
+
+
+def copy_unaveraged_buffers(ema_model: nn.Module, model: nn.Module) -> None:
+    """After an EMA update, copy the buffers each module names in ``ema_copy_buffers`` (not averageable)."""
+    for ema_module, module in zip(ema_model.modules(), model.modules(), strict=True):
+        for name in getattr(module, "ema_copy_buffers", ()):
+            getattr(ema_module, name).copy_(getattr(module, name))

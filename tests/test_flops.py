@@ -99,6 +99,33 @@ def random_mixing(c: Case) -> int:
     return 2 * c.N * c.N * c.C  # R (N x N) times x (N x C)
 
 
+def performer(c: Case) -> int:
+    d = c.C // c.heads
+    m = c.opt["num_features"] or int(d * math.log(d))  # null: d ln d
+    # per head: features W q', W k' (N, d) x (d, m); φ(K)ᵀ V (m, N) x (N, d); φ(Q) (φ(K)ᵀ V) (N, m) x (m, d);
+    # D = φ(Q) Σ φ(K) (N, m) x (m, 1)
+    per_head = 2 * (2 * c.N * d * m) + 2 * m * c.N * d + 2 * c.N * m * d + 2 * c.N * m
+    return linear(c.N, c.C, 3 * c.C) + c.heads * per_head + linear(c.N, c.C, c.C)
+
+
+def nystrom(c: Case) -> int:
+    d = c.C // c.heads
+    m = c.opt["num_landmarks"] or min(64, c.N // 2)  # null: min(64, N // 2)
+    iterations = c.opt["pinv_iterations"]
+    # per head: q k~ᵀ (N, m), q~ kᵀ (m, N), q~ k~ᵀ (m, m); Newton-Schulz: 4 (m x m) products per iteration;
+    # kernel_1 · pinv (N, m) x (m, m); kernel_3 · v (m, N) x (N, d); then (N, m) x (m, d)
+    per_head = 2 * c.N * m * d * 2 + 2 * m * m * d + iterations * 4 * 2 * m**3 + 2 * c.N * m * m
+    per_head += 2 * m * c.N * d + 2 * c.N * m * d
+    return linear(c.N, c.C, 3 * c.C) + c.heads * per_head + linear(c.N, c.C, c.C)
+
+
+def routing(c: Case) -> int:
+    d = c.C // c.heads
+    clusters = c.opt["num_clusters"] or round(math.sqrt(c.N))  # null: round(sqrt(N))
+    w = c.N // clusters
+    # W_qk, W_v, W_o; per head: routing scores q^ μᵀ (N, d) x (d, c); per cluster q k^ᵀ and A v, (w, w) each
+    per_head = 2 * c.N * d * clusters + clusters * (2 * w * w * d + 2 * w * w * d)
+    return 3 * linear(c.N, c.C, c.C) + c.heads * per_head
 def tssa(c: Case) -> int:
     # one projection, per head the (1, N) x (N, d) second moment pi·w², output projection
     return linear(c.N, c.C, c.C) + 2 * c.N * c.C + linear(c.N, c.C, c.C)
@@ -117,6 +144,42 @@ def combiner(c: Case) -> int:
     return linear(c.N, c.C, 3 * c.C) + 4 * M * c.C * (1 + s + n) + linear(c.N, c.C, c.C)
 
 
+
+def gpsa(c: Case) -> int:
+    # W_qk, W_v, W_o; v_pos = Linear(3, H) on the N x N offsets; q kᵀ and A v over every head
+    n = c.h * c.w
+    return linear(n, c.C, 3 * c.C) + linear(n, c.C, c.C) + linear(n * n, 3, c.heads) + 4 * n * n * c.C
+
+
+def axis_attention(axis: str):
+    def flops(c: Case) -> int:
+        line = c.w if axis == "row" else c.h  # each patch attends to the patches of its row / column
+        return linear(c.N, c.C, 3 * c.C) + 4 * c.N * line * c.C + linear(c.N, c.C, c.C)
+
+    return flops
+
+
+def halo(c: Case) -> int:
+    b, halo_size = c.opt["block_size"], c.opt["halo_size"]
+    win = b + 2 * halo_size  # a query sees its block's (b + 2 halo)^2 window; 2 relative tables of 2 win - 1
+    qkv = linear(c.N, c.C, 3 * c.C)  # 1x1 convs q and kv
+    return qkv + 4 * c.N * win * win * c.C + 2 * linear(c.N, c.C, 2 * win - 1) + linear(c.N, c.C, c.C)
+
+
+def ffnified(c: Case) -> int:
+    k = c.opt["kernel_size"]
+    taps = k * k + (k // 2) ** 2 if k == 7 else k * k  # RepVGGDW: k x k and k//2 x k//2 branches
+    return linear(c.N, c.C, c.C) + 2 * 2 * c.N * c.C * taps  # 1x1 conv, two depthwise convs
+
+
+def hyena(c: Case) -> int:
+    n, F = c.h * c.w, c.opt["filter_order"]  # square grid, order 2, four directions
+    filter_mlp = linear(c.h, 3, F) + 2 * linear(c.h, F, F) + linear(c.h, F, c.C)  # on the h positions
+    padded = 4 * n  # each FFT on the zero-padded 2h x 2w grid
+    ffts = (4 * c.C + c.C + 4 * c.C) * fft(padded, real=True)  # rfft2 of 4 flips and of K, irfft2 of 4
+    return (linear(n, c.C, 3 * c.C) + 2 * n * 3 * c.C * 9 + 2 * filter_mlp + int(ffts)
+            + linear(n * c.C, 4, 1) + linear(n, c.C, c.C))
+
 ANALYTIC = {
     "attention": attention,
     "tost": tssa,
@@ -131,6 +194,16 @@ ANALYTIC = {
     "random": random_mixing,
     "pooling": lambda c: 0,  # a 3x3 average: additions only (elementwise, not counted)
     "identity": lambda c: 0,
+    "gpsa": gpsa,
+    "axial_row": axis_attention("row"),
+    "axial_col": axis_attention("col"),
+    "axial": lambda c: axis_attention("row")(c) + axis_attention("col")(c),
+    "halo": halo,
+    "ffnified": ffnified,
+    "hyena": hyena,
+    "performer": performer,
+    "nystrom": nystrom,
+    "routing": routing,
 }
 
 MIXER_YAMLS = sorted(p.stem for p in (CONF_DIR / "mixer").glob("*.yaml"))
@@ -183,8 +256,9 @@ def test_every_sdpa_and_fft_op_of_this_torch_has_a_formula():
         op = getattr(torch.ops.aten, name, None)
         if op is not None:
             assert op in flop_registry, name
-    # this torch's CPU fused attention is one it lacks; whoever provides it, it counts now
+    # mixerlab's formula counts the CPU's fused attention on every torch, replacing torch's where it has one
     assert "_scaled_dot_product_flash_attention_for_cpu" in costs.FORMULA_SOURCE
+    assert flop_registry[torch.ops.aten._scaled_dot_product_flash_attention_for_cpu] is not None
 
 
 def test_sdpa_is_counted_on_the_cpu_forward_and_backward_whatever_the_backend():

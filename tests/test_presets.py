@@ -31,6 +31,10 @@ PRESETS = [
     "fibottention_vit_b",
     "tost_tiny",
     "tost_small",
+    "convit_tiny",
+    "convit_small",
+    "convit_base",
+    "axial_vit_tiny",
 ]
 
 EXACT_PARAMS = {
@@ -44,6 +48,10 @@ EXACT_PARAMS = {
     "fibottention_vit_s": 22_050_664,  # masks add no parameters
     "tost_tiny": 5_769_328,  # tost_cab_tiny_12_p16 as the official definition computes
     "tost_small": 22_589_944,  # tost_cab_small_12_p16
+    "convit_tiny": 5_710_512,  # timm.create_model("convit_tiny") (tests/test_mixers_gpsa.py builds it)
+    "convit_small": 27_777_322,
+    "convit_base": 86_540_040,
+    "axial_vit_tiny": 5_717_416,  # an axis layer has MHSA's parameters
 }
 APPROX_PARAMS = {  # reported to 3-4 significant digits: within 0.5%
     "deit_base": 86.57e6,
@@ -118,8 +126,8 @@ def test_spectral_presets_count_their_ffts():
         return sum(n for op, n in per_op.items() if op.startswith("_fft"))
 
     assert 0 < fft_flops("spectformer_t") < fft_flops("gfnet_ti")  # 4 of 12 layers, on any torch
-    if {"_fft_r2c", "_fft_c2r"} <= set(REGISTERED):  # this torch has no FFT formulas: mixerlab's are named
-        assert "_fft_r2c" in info("gfnet_ti")["flops_note"]
+    assert {"_fft_r2c", "_fft_c2r"} <= set(REGISTERED)  # mixerlab's FFT formulas, on every torch
+    assert "_fft_r2c" in info("gfnet_ti")["flops_note"]
 
 
 def test_spectformer_is_four_spectral_blocks_then_attention():

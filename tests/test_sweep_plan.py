@@ -192,6 +192,6 @@ def test_the_sweep_and_the_report_do_not_import_each_other():
     import subprocess
     import sys
 
-    code = ("import sys, mixerlab.sweep; assert 'mixerlab.report' not in sys.modules, 'sweep imports report'; "
+    code = ("import sys, mixerlab.sweep; assert 'mixerlab.report' not in sys.modules, 'sweep imports it'; "
             "import mixerlab.report, mixerlab.sweep_callback")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=CONF_DIR.parent)
