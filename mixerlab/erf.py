@@ -24,10 +24,12 @@ from mixerlab.errors import ConfigError
 from mixerlab.run import atomic_write_text
 
 
-def centre_token(model: nn.Module) -> int:
-    """Index of the centre patch token in the blocks' (B, N, C) sequence (after any CLS token)."""
+def centre_token(model: nn.Module, num_tokens: int | None = None) -> int:
+    """Index of the centre patch token in a block's (B, N, C) sequence, after its prefix (CLS) tokens:
+    ``N - h*w`` of them (a CLS token may join only at a later block: ``backbone.cls_from_layer``)."""
     h, w = model.layout.grid
-    return model.layout.num_prefix + (h // 2) * w + w // 2
+    prefix = model.layout.num_prefix if num_tokens is None else num_tokens - h * w
+    return prefix + (h // 2) * w + w // 2
 
 
 def effective_receptive_fields(
@@ -42,7 +44,6 @@ def effective_receptive_fields(
     outputs: dict[int, torch.Tensor] = {}
     hooks = [model.blocks[k].register_forward_hook(lambda _m, _i, out, k=k: outputs.__setitem__(k, out))
              for k in layers]
-    centre = centre_token(model)
     try:
         with torch.enable_grad():
             x = images.detach().clone().requires_grad_(True)
@@ -50,6 +51,7 @@ def effective_receptive_fields(
             maps = {}
             for k in layers:
                 # summed over the batch: each image's gradient lands in its own slice of x.grad
+                centre = centre_token(model, outputs[k].shape[1])
                 (grad,) = torch.autograd.grad(outputs[k][:, centre].float().sum(), x, retain_graph=True)
                 maps[k] = grad.abs().sum(dim=1).mean(dim=0).cpu().numpy()  # (H, W)
     finally:

@@ -308,6 +308,9 @@ def test_receptive_field_of_pooling_is_local_and_of_attention_global():
     assert centre_token(attention) == 1 + 2 * 4 + 2
     maps = effective_receptive_fields(attention, images, [0, -1])
     assert sorted(maps) == [0, 1] and all(m.min() > 0 for m in maps.values())
+    late_cls = tiny_vit(head="cls", cls_from_layer=1, pos_embed="learned_patches").eval()  # CLS joins at block 1
+    assert centre_token(late_cls, 16) == 10 and centre_token(late_cls, 17) == 11
+    assert effective_receptive_fields(late_cls, images, [0, 1])[0].min() > 0
     with pytest.raises(ConfigError, match="erf.layers"):
         effective_receptive_fields(attention, images, [5])
 
