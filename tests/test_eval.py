@@ -290,7 +290,7 @@ def test_folders_whose_classes_do_not_match_are_refused_naming_folder_and_mismat
         RealLabelSet(str(tmp_path / "real"), img_size=32)
 
 
-# ---------------------------------------------------------------------------------------------- receptive fields
+# ------------------------------------------------------------------------------------------- receptive fields
 def test_receptive_field_of_pooling_is_local_and_of_attention_global():
     """Block 0, 4x4 grid of 4-px patches: pooling's centre token (patch (2, 2)) sees only its 3x3 patch
     neighbourhood (rows and columns 4..15 of the image); attention's sees every pixel. CLS head too."""
@@ -308,7 +308,8 @@ def test_receptive_field_of_pooling_is_local_and_of_attention_global():
     assert centre_token(attention) == 1 + 2 * 4 + 2
     maps = effective_receptive_fields(attention, images, [0, -1])
     assert sorted(maps) == [0, 1] and all(m.min() > 0 for m in maps.values())
-    late_cls = tiny_vit(head="cls", cls_from_layer=1, pos_embed="learned_patches").eval()  # CLS joins at block 1
+    # a CLS token that joins at block 1: block 0 has 16 tokens, block 1 has 17
+    late_cls = tiny_vit(head="cls", cls_from_layer=1, pos_embed="learned_patches").eval()
     assert centre_token(late_cls, 16) == 10 and centre_token(late_cls, 17) == 11
     assert effective_receptive_fields(late_cls, images, [0, 1])[0].min() > 0
     with pytest.raises(ConfigError, match="erf.layers"):
