@@ -5,8 +5,9 @@
       -> LayerNorm -> CLS token or global average pool -> Linear(D, classes)
 
 The default block is DeiT's pre-norm block. Papers that depart from it (GFNet's single residual, FNet's
-post-norm, the feed-forward-only model's MLP-first order, PoolFormer's GroupNorm and LayerScale) are
-expressed through :class:`BlockSpec` options in config, so no code here knows which mixer it holds.
+post-norm, the feed-forward-only model's MLP-first order, PoolFormer's GroupNorm and LayerScale, the
+Activator's gated feature stage with one shared LayerNorm) are expressed through :class:`BlockSpec`
+options in config, so no code here knows which mixer it holds.
 
 XCiT-style backbones (XCiT, ToST) are options too, built from timm's XCiT pieces: ``patch_embed=conv``
 (a stack of stride-2 3x3 conv + BatchNorm + GELU, ``timm.models.xcit.ConvPatchEmbed``), ``pos_embed=fourier``
@@ -50,6 +51,12 @@ class BlockSpec:
     mlp:   False drops the feature MLP (the attention-only ablation).
     mixer_norm: False feeds the mixer the raw residual stream, for mixers that normalise their own input
            along another axis (the feed-forward-only model's token MLP has a LayerNorm over tokens).
+    mixer: False drops the token-mixer sub-block (no ``x + mixer(N1(x))``; the mixer must have no
+           parameters): the Activator control with ``mixer=identity`` has no token-mixing sub-block at all.
+    mlp_type: ``mlp`` (timm Mlp) or ``activator``: the feature stage is x + gate(N(x)), then
+           x + MLP(N(x)) (Abdullah & Aydin 2024, ``Abdullah-88/Activator`` activator.py), see ActivatorGate.
+    shared_norm: one norm module for every sub-block of the block (activator.py's ``self.norm`` normalises
+           the input of both its sub-blocks), instead of one module each.
     """
 
     style: str = "prenorm"
@@ -58,8 +65,12 @@ class BlockSpec:
     layer_scale: float | None = None
     mlp: bool = True
     mixer_norm: bool = True
+    mixer: bool = True
+    mlp_type: str = "mlp"
+    shared_norm: bool = False
 
     STYLES = ("prenorm", "single_residual", "postnorm")
+    MLP_TYPES = ("mlp", "activator")
     ORDERS = ("mixer_first", "mlp_first")
     NORMS = ("layernorm", "groupnorm")
 
@@ -72,12 +83,44 @@ class BlockSpec:
                 raise ConfigError(f"{key}.{name} is not a block option; valid options: {sorted(known)}")
             values[name] = value
         spec = cls(**values)
-        for name, allowed in (("style", cls.STYLES), ("order", cls.ORDERS), ("norm", cls.NORMS)):
+        for name, allowed in zip(("style", "order", "norm", "mlp_type"),
+                                 (cls.STYLES, cls.ORDERS, cls.NORMS, cls.MLP_TYPES), strict=True):
             if getattr(spec, name) not in allowed:
                 raise ConfigError(f"{key}.{name}={getattr(spec, name)!r} is not one of {list(allowed)}")
         if spec.style == "single_residual" and not spec.mlp:
             raise ConfigError(f"{key}: style=single_residual needs mlp=true (the MLP closes the residual)")
+        departures = [f"{n}={getattr(spec, n)}" for n in ("mixer", "mlp_type")
+                      if getattr(spec, n) != DEFAULTS[n]]
+        if departures and spec.style != "prenorm":
+            raise ConfigError(f"{key}: {', '.join(departures)} is defined for style=prenorm only")
+        if spec.mlp_type != "mlp" and not spec.mlp:
+            raise ConfigError(f"{key}: mlp_type={spec.mlp_type} needs mlp=true")
         return spec
+
+
+DEFAULTS = {f.name: f.default for f in fields(BlockSpec)}
+
+
+class ActivatorGate(nn.Module):
+    """The Activator's gating unit (Abdullah & Aydin, arXiv 2405.15953; Abdullah-88/Activator activator.py).
+
+        gate(x) = W3( LN(GELU(W1 x)) * LN(W2 x) )      (B, N, C) -> (B, N, d_ffn) -> (B, N, C), per token
+
+    with the *same* LayerNorm(d_ffn) module on both branches; 3C d_ffn + 4 d_ffn + C parameters. Written by
+    hand: timm's GluMlp(norm_layer=...) normalises after the product, not each branch.
+    """
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.proj_u = nn.Linear(dim, hidden)
+        self.proj_v = nn.Linear(dim, hidden)
+        self.norm = nn.LayerNorm(hidden)  # one module, both branches
+        self.proj_out = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u = self.norm(nn.functional.gelu(self.proj_u(x)))  # (B, N, d_ffn)
+        v = self.norm(self.proj_v(x))  # (B, N, d_ffn)
+        return self.proj_out(u * v)
 
 
 class TokenGroupNorm(nn.GroupNorm):
@@ -106,17 +149,32 @@ class Block(nn.Module):
     ) -> None:
         super().__init__()
         self.spec = spec
-        norm = partial(NORM_LAYERS[spec.norm], eps=norm_eps)
-        self.norm1 = norm(dim) if spec.mixer_norm else nn.Identity()
+        shared = NORM_LAYERS[spec.norm](dim, eps=norm_eps) if spec.shared_norm else None
+
+        def norm(width: int) -> nn.Module:
+            return shared if shared is not None else NORM_LAYERS[spec.norm](width, eps=norm_eps)
+
+        if not spec.mixer and any(p.requires_grad for p in mixer.parameters()):
+            raise ConfigError(
+                f"backbone.block.mixer=false drops the token-mixer sub-block, but {type(mixer).__name__} has "
+                "parameters that would never train: use mixer=identity, or block.mixer=true"
+            )
+        self.norm1 = norm(dim) if spec.mixer_norm and spec.mixer else nn.Identity()
         self.mixer = mixer
         self.ls1 = LayerScale(dim, spec.layer_scale) if spec.layer_scale else nn.Identity()
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        if spec.mlp_type == "activator":
+            self.norm_gate = norm(dim)
+            self.gate = ActivatorGate(dim, int(dim * mlp_ratio))
+            self.ls_gate = LayerScale(dim, spec.layer_scale) if spec.layer_scale else nn.Identity()
         if spec.mlp:
             self.norm2 = norm(dim)
             self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=proj_drop)
             self.ls2 = LayerScale(dim, spec.layer_scale) if spec.layer_scale else nn.Identity()
 
     def _mix(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.spec.mixer:
+            return x
         if self.spec.style == "postnorm":
             return self.norm1(x + self.drop_path(self.ls1(self.mixer(x))))
         return x + self.drop_path(self.ls1(self.mixer(self.norm1(x))))
@@ -124,6 +182,8 @@ class Block(nn.Module):
     def _mlp(self, x: torch.Tensor) -> torch.Tensor:
         if not self.spec.mlp:
             return x
+        if self.spec.mlp_type == "activator":  # gated sub-block first, then the MLP (prenorm only)
+            x = x + self.drop_path(self.ls_gate(self.gate(self.norm_gate(x))))
         if self.spec.style == "postnorm":
             return self.norm2(x + self.drop_path(self.ls2(self.mlp(x))))
         return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))

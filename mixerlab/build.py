@@ -31,9 +31,16 @@ def compose_config(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
 
 def build_backbone(cfg: DictConfig) -> nn.Module:
     """Backbone with its mixer(s); raises ConfigError naming keys for impossible combinations."""
+    return _instantiate(lambda: instantiate(cfg.backbone, mixer=instantiate(cfg.mixer), _convert_="all"))
+
+
+def build_recipe(cfg: DictConfig, backbone: nn.Module) -> L.LightningModule:
+    return _instantiate(lambda: instantiate(cfg.recipe, backbone=backbone, _convert_="all"))
+
+
+def _instantiate(make):
     try:
-        mixer = instantiate(cfg.mixer)
-        return instantiate(cfg.backbone, mixer=mixer, _convert_="all")
+        return make()
     except ConfigError:
         raise
     except Exception as error:  # Hydra wraps constructor errors: surface ours with its message intact
@@ -43,10 +50,6 @@ def build_backbone(cfg: DictConfig) -> nn.Module:
         if cause is not None:
             raise cause from None
         raise
-
-
-def build_recipe(cfg: DictConfig, backbone: nn.Module) -> L.LightningModule:
-    return instantiate(cfg.recipe, backbone=backbone, _convert_="all")
 
 
 def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:

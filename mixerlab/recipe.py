@@ -9,7 +9,8 @@ clipping. The pieces are timm's and torch's.
 Mixers reach the recipe through two contract mechanisms (mixers/contract.py): auxiliary losses
 (``pop_aux_losses``, added to the training loss and logged as ``train/aux_loss``; ``train/loss`` stays the
 classification loss so mixers compare on it) and per-parameter optimizer tags (``mark_optim``, honoured by
-:func:`param_groups`).
+:func:`param_groups`). ``dense_finetune_epochs=k``: the last k epochs run with train-time-only mixer
+options off (SSA's key subsampling; ``mixers.contract.set_dense``).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from mixerlab.nonfinite import (
     loss_is_finite,
     nonfinite_loss_message,
 )
-from mixers.contract import OPTIM_KEYS, copy_unaveraged_buffers, pop_aux_losses
+from mixers.contract import OPTIM_KEYS, copy_unaveraged_buffers, pop_aux_losses, set_dense
 
 
 def global_batch_size(per_device: int, world_size: int, accumulation: int) -> int:
@@ -128,12 +129,20 @@ class Recipe(L.LightningModule):
         ema_decay: float | None = None,
         clip_grad: float | None = None,
         nan_policy: str = "stop",
+        dense_finetune_epochs: int = 0,
     ) -> None:
         super().__init__()
         if nan_policy not in NAN_POLICIES:
             raise ConfigError(f"recipe.nan_policy={nan_policy!r}: use one of {', '.join(NAN_POLICIES)}")
         if decay not in DECAYS:
             raise ConfigError(f"recipe.decay={decay!r}: use one of {', '.join(DECAYS)}")
+        if not isinstance(dense_finetune_epochs, int) or dense_finetune_epochs < 0:
+            raise ConfigError(f"recipe.dense_finetune_epochs={dense_finetune_epochs!r}: give an integer >= 0")
+        if dense_finetune_epochs and not set_dense(backbone, False):
+            raise ConfigError(
+                f"recipe.dense_finetune_epochs={dense_finetune_epochs} but no module of this model has a "
+                "train-time-only option to switch off (e.g. mixer.ssa={factor:4} of attention): set it to 0"
+            )
         self.save_hyperparameters(ignore=["backbone"])
         optimizer_impl_kwargs(opt_impl, opt, opt_kwargs)  # a bad recipe.opt_impl fails here, before any data
         self.backbone = backbone
@@ -176,6 +185,7 @@ class Recipe(L.LightningModule):
         self.history: list[dict] = []  # one row per epoch; kept in checkpoints
         self.first_step_at: float | None = None  # perf_counter at the first optimizer step (start-up)
         self.skipped_steps = 0  # non-finite losses skipped under nan_policy=skip
+        self._dense_stage: bool | None = None  # recipe.dense_finetune_epochs: the stage last set
 
     # ---------------------------------------------------------------- set-up
     def setup(self, stage: str) -> None:
@@ -186,6 +196,12 @@ class Recipe(L.LightningModule):
         self.global_batch = global_batch_size(batch, trainer.world_size, trainer.accumulate_grad_batches)
         hp = self.hparams
         self.peak_lr = scaled_lr(hp.lr, self.global_batch, hp.lr_batch_base) if hp.scale_lr else hp.lr
+        epochs, finetune = trainer.max_epochs, hp.dense_finetune_epochs
+        if finetune and (epochs is None or epochs < finetune):
+            raise ConfigError(
+                f"recipe.dense_finetune_epochs={finetune} needs an epoch budget of at least as many epochs "
+                f"(trainer.max_epochs={epochs}): the stage is the last epochs of the run"
+            )
         if self.mixup_fn is not None and batch % 2:
             raise ConfigError(f"data.batch_size={batch} must be even when Mixup/CutMix is on (recipe.mixup)")
 
@@ -232,6 +248,15 @@ class Recipe(L.LightningModule):
         self._epoch_start = time.perf_counter()
         self._epoch_images = 0
         self._train_seconds = None
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        # the dense fine-tune stage, set from the epoch before every batch: Lightning skips the epoch-start
+        # hook when it resumes mid-epoch, and a resumed run must be in the stage the uninterrupted one was
+        finetune = self.hparams.dense_finetune_epochs
+        dense = bool(finetune) and self.current_epoch >= self.trainer.max_epochs - finetune
+        if finetune and dense != self._dense_stage:
+            set_dense(self.backbone, dense)
+            self._dense_stage = dense
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, targets = batch

@@ -139,3 +139,16 @@ def copy_unaveraged_buffers(ema_model: nn.Module, model: nn.Module) -> None:
     for ema_module, module in zip(ema_model.modules(), model.modules(), strict=True):
         for name in getattr(module, "ema_copy_buffers", ()):
             getattr(ema_module, name).copy_(getattr(module, name))
+def set_dense(model: torch.nn.Module, dense: bool) -> int:
+    """Turn train-time-only mixer options off (``dense=True``) or back on, e.g. SSA's key subsampling.
+
+    A module that may have such an option exposes ``set_dense(bool) -> bool`` (True: it has one); the
+    recipe's dense fine-tune stage (``recipe.dense_finetune_epochs``) calls this on the backbone at each
+    training epoch's start, so a resumed run sets the same flag. Evaluation never uses the options.
+    Returns the number of modules that have one.
+    """
+    switched = 0
+    for module in model.modules():
+        if module is not model and callable(getattr(module, "set_dense", None)):
+            switched += bool(module.set_dense(dense))
+    return switched

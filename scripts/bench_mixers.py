@@ -3,17 +3,19 @@
     python scripts/bench_mixers.py --threads 1                # grids 8x8 .. 112x112 (64 .. 12,544 tokens)
     python scripts/bench_mixers.py --smoke --out /tmp/bench   # tiny grids: checks the script end to end
 
-Every mixer in ``conf/mixer/`` (plus Fibottention's ``sparse`` variant) is built from its yaml at a fixed
-width (``--dim``, ``--heads``) on a square patch grid without CLS token, and timed on one random batch
-(``--batch``): one warm-up, then the median of at least ``--repeats`` forward+backward passes, more for
-fast points until ``--min-seconds`` of timed passes have run. Points predicted to
-exceed ``--max-memory-gb`` or ``--max-seconds`` (extrapolated from the mixer's last two points) are
-skipped and recorded as such. The headline ratio of sparse Fibottention to dense attention is timed
-side by side, alternating the two ``--pair-repeats`` times (median of the per-pair ratios), so load from
-other processes hits both alike. Writes ``mixers.csv``, ``mixers.md`` (the same as a table),
-``mixers.png`` (log-log time vs tokens) and ``summary.json`` to ``--out``; the fitted exponent is the
-least-squares slope of log time vs log tokens over the points with at least ``--fit-min-tokens`` tokens.
-The last stdout line is the headline JSON.
+Every mixer in ``conf/mixer/`` (discovered, so a new yaml is benchmarked with no change here), plus the
+variants in ``VARIANTS`` (Fibottention's ``sparse``, attention with SSA in training), is built from its yaml
+at a fixed width (``--dim``, ``--heads``) on a square patch grid without CLS token, in training mode, and
+timed on one random batch (``--batch``): one warm-up, then the median of at least ``--repeats``
+forward+backward passes, more for fast points until ``--min-seconds`` of timed passes have run. Points
+predicted to exceed ``--max-memory-gb`` or ``--max-seconds`` (extrapolated from the mixer's last two points)
+are skipped and recorded as such; so is a grid a mixer refuses (a ``ConfigError`` from its constructor: a
+block size that does not divide the grid, ...), with the mixer's reason in ``mixers.csv``. The headline
+ratio of sparse Fibottention to dense attention is timed side by side, alternating the two
+``--pair-repeats`` times (median of the per-pair ratios), so load from other processes hits both alike.
+Writes ``mixers.csv``, ``mixers.md`` (the same as a table), ``mixers.png`` (log-log time vs tokens) and
+``summary.json`` to ``--out``; the fitted exponent is the least-squares slope of log time vs log tokens over
+the points with at least ``--fit-min-tokens`` tokens. The last stdout line is the headline JSON.
 
 Peak memory (of the warm-up pass): on CUDA, ``torch.cuda.max_memory_allocated``; on CPU, the rise of the
 process's peak resident set (Linux ``VmHWM``, reset through ``/proc/self/clear_refs``) over the resident
@@ -44,12 +46,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hydra.utils import instantiate  # noqa: E402
 
 from mixerlab.build import CONF_DIR, compose_config  # noqa: E402
+from mixerlab.errors import ConfigError  # noqa: E402
 from mixers.contract import TokenLayout  # noqa: E402
 
 FULL_GRIDS = (8, 14, 20, 28, 40, 56, 80, 112)
 SMOKE_GRIDS = (4, 8)
 # name -> config overrides; every conf/mixer/*.yaml is benchmarked under its own name
-VARIANTS = {"fibottention_sparse": ["mixer=fibottention", "mixer.variant=sparse"]}
+VARIANTS = {
+    "fibottention_sparse": ["mixer=fibottention", "mixer.variant=sparse"],
+    "attention_ssa": ["mixer=attention", "mixer.ssa={factor:4,local_bias:false}"],
+    "attention_ssa_local": ["mixer=attention", "mixer.ssa={factor:4,local_bias:true}"],
+}
+
+
+def discover_mixers() -> list[str]:
+    """Every ``conf/mixer/*.yaml`` by name, then the variants."""
+    return sorted(p.stem for p in (CONF_DIR / "mixer").glob("*.yaml")) + list(VARIANTS)
 
 
 @dataclass
@@ -146,6 +158,21 @@ def build(factories: dict, name: str, grid: int, args: argparse.Namespace):
     return module, x
 
 
+def measure(point: Point, factories: dict, args: argparse.Namespace) -> Point:
+    """Time one point in place; a grid the mixer refuses at construction is skipped with its reason."""
+    try:
+        module, x = build(factories, point.mixer, point.grid, args)
+    except ConfigError as error:
+        point.status = f"skipped: {str(error).splitlines()[0][:160]}"
+        return point
+    try:
+        point.seconds, point.peak_mb = time_fwd_bwd(module, x, args.repeats, args.min_seconds)
+    except (RuntimeError, MemoryError) as error:  # out of memory, or a mixer's own limit
+        point.status = f"failed: {type(error).__name__}: {str(error).splitlines()[0][:120]}"
+    del module, x
+    return point
+
+
 def paired_ratio(factories: dict, a: str, b: str, grid: int, args: argparse.Namespace) -> float | None:
     """Median over alternating passes of time(b) / time(a) at one grid size."""
     if a not in factories or b not in factories:
@@ -186,7 +213,7 @@ def fit_exponent(points: list[Point], min_tokens: int) -> float | None:
 def run(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
-    names = args.mixers or sorted(p.stem for p in (CONF_DIR / "mixer").glob("*.yaml")) + list(VARIANTS)
+    names = args.mixers or discover_mixers()
     factories = mixer_factories(names, args.heads)
     points: list[Point] = []
     for name in names:
@@ -201,12 +228,7 @@ def run(args: argparse.Namespace) -> dict:
             elif memory_guess and memory_guess > args.max_memory_gb * 1024:
                 point.status = f"skipped: predicted {memory_guess / 1024:.1f} GB"
             else:
-                try:
-                    module, x = build(factories, name, grid, args)
-                    point.seconds, point.peak_mb = time_fwd_bwd(module, x, args.repeats, args.min_seconds)
-                    del module, x
-                except (RuntimeError, MemoryError) as error:  # out of memory, or a mixer's own limit
-                    point.status = f"failed: {type(error).__name__}: {str(error).splitlines()[0][:120]}"
+                measure(point, factories, args)
             mine.append(point)
             shown = f"{point.seconds * 1e3:10.2f} ms" if point.seconds is not None else point.status
             memory = f"{point.peak_mb:9.1f} MB" if point.peak_mb is not None else ""

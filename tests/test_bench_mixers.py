@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import subprocess
 import sys
@@ -10,7 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from scripts.bench_mixers import Point, fit_exponent, parse_args, predicted, run
+from mixers.metaformer import RandomMixing
+from scripts.bench_mixers import (
+    VARIANTS,
+    Point,
+    discover_mixers,
+    fit_exponent,
+    measure,
+    parse_args,
+    predicted,
+    run,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,12 +37,15 @@ def test_smoke_run_writes_csv_plot_and_headline_json(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     headline = json.loads(proc.stdout.strip().splitlines()[-1])
     assert headline == json.loads((tmp_path / "summary.json").read_text())
-    mixers = sorted(p.stem for p in (REPO / "conf" / "mixer").glob("*.yaml")) + ["fibottention_sparse"]
+    mixers = sorted(p.stem for p in (REPO / "conf" / "mixer").glob("*.yaml")) + list(VARIANTS)
+    assert discover_mixers() == mixers and {"attention_ssa", "attention_ssa_local"} <= set(mixers)
     assert sorted(headline["exponents"]) == sorted(mixers)
     assert headline["fibottention_sparse_over_attention"] > 0
     rows = list(csv.DictReader((tmp_path / "mixers.csv").open()))
     assert len(rows) == len(mixers) * len(headline["tokens"])
-    assert all(r["status"] == "ok" and float(r["seconds"]) > 0 for r in rows)
+    for r in rows:  # measured, or skipped with the mixer's reason (a grid it refuses); never failed
+        assert (r["status"] == "ok" and float(r["seconds"]) > 0) or len(r["status"]) > len("skipped: "), r
+    assert all(r["status"] == "ok" for r in rows if r["mixer"] in ("attention", "attention_ssa_local"))
     assert (tmp_path / "mixers.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "mixers.md").read_text().count("\n") == len(mixers) + 2  # header, rule, rows
 
@@ -48,3 +62,12 @@ def test_points_predicted_over_budget_are_skipped(tmp_path):
     args = parse_args(["--smoke", "--mixers", "identity", "--max-seconds", "0", "--out", str(tmp_path)])
     summary = run(args)
     assert summary["skipped"] == 1  # the first size is always measured, then nothing fits in 0 s
+
+
+def test_a_grid_the_mixer_refuses_is_skipped_with_its_reason():
+    args = parse_args(["--smoke", "--out", "unused"])
+    factories = {"fixed16": functools.partial(RandomMixing, num_tokens=16)}  # weights fix 4x4 tokens
+    ok, refused = (measure(Point("fixed16", g, g * g, None, None, "ok"), factories, args) for g in (4, 8))
+    assert ok.status == "ok" and ok.seconds > 0
+    assert refused.status.startswith("skipped: mixer.num_tokens=16 but the backbone gives 64 tokens")
+    assert refused.seconds is None
