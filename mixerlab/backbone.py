@@ -19,6 +19,11 @@ token norm; the mixer blocks then see patch tokens alone) and ``drop_path_schedu
 ConViT's departures are backbone options: ``cls_from_layer`` (the CLS token joins before layer k; earlier
 mixers get a layout without prefix), ``pos_embed=learned_patches`` and ``norm_eps``. A mixer with its paper's
 own initialisation defines ``reset_mixer_parameters()``, called after the generic init below.
+
+Every norm uses ``norm_eps``: 1e-6 in the ImageNet backbones (``conf/backbone/vit_{tiny,small,base}``), as in
+timm's ViT/DeiT and the GFNet, SpectFormer, feed-forward-only and Fibottention code
+(``partial(nn.LayerNorm, eps=1e-6)``), so timm's weights give identical logits here; torch's default 1e-5
+in the digits backbone, whose measured results (RESULTS.md) were run with it.
 """
 
 from __future__ import annotations
@@ -383,6 +388,18 @@ class VisionTransformer(nn.Module):
             if module is not self and callable(extra):
                 names |= {f"{module_name}.{n}" for n in extra()}
         return names
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Parameter groups by depth, as timm's ViT defines them (timm's layer-wise LR decay reads this):
+        the embeddings first, one group per block, the final norm with the last block (with class-attention
+        blocks, as timm's XCiT: one group each after the blocks, the norm with the last); the head, matched
+        by none, gets the top LR."""
+        stem = r"^cls_token|^pos_embed|^pos_fourier|^patch_embed"
+        if len(self.class_blocks):  # timm's XCiT: the class-attention blocks follow the blocks
+            return {"stem": stem, "blocks": r"^blocks\.(\d+)",
+                    "class_blocks": [(r"^class_blocks\.(\d+)", None), (r"^norm", (99999,))]}
+        blocks = r"^blocks\.(\d+)" if coarse else [(r"^blocks\.(\d+)", None), (r"^norm", (99999,))]
+        return {"stem": stem, "blocks": blocks}
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         if images.shape[-2:] != (self.img_size, self.img_size):

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import lightning as L
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from mixerlab.config import register_resolvers
@@ -29,21 +30,51 @@ def compose_config(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     return cfg
 
 
+def mixer_preset(name: str, key: str) -> DictConfig:
+    """The mixer node of ``conf/mixer/<name>.yaml`` (for a global-package yaml, its ``mixer:`` alone: the
+    backbone settings it also makes are for a model of that mixer throughout, not for a few layers)."""
+    path = CONF_DIR / "mixer" / f"{name}.yaml"
+    if not path.is_file():
+        names = sorted(p.stem for p in (CONF_DIR / "mixer").glob("*.yaml"))
+        raise ConfigError(f"{key}={name!r} is not a mixer; valid names (conf/mixer/): {names}")
+    node = OmegaConf.load(path)
+    return node.mixer if "_target_" not in node and "mixer" in node else node
+
+
+def backbone_config(cfg: DictConfig) -> DictConfig:
+    """``cfg.backbone`` with each schedule segment's ``mixer: NAME`` replaced by conf/mixer/NAME.yaml, its
+    interpolations (``${backbone.num_heads}``) resolved against this run's config."""
+    schedule = cfg.backbone.get("schedule") or []
+    if not any(isinstance(seg.get("mixer"), str) for seg in schedule):
+        return cfg.backbone
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        for i, seg in enumerate(cfg.backbone.schedule):
+            if isinstance(seg.get("mixer"), str):
+                seg.mixer = mixer_preset(seg.mixer, f"backbone.schedule[{i}].mixer")
+    return cfg.backbone
+
+
 def build_backbone(cfg: DictConfig) -> nn.Module:
     """Backbone with its mixer(s); raises ConfigError naming keys for impossible combinations."""
-    return _instantiate(lambda: instantiate(cfg.backbone, mixer=instantiate(cfg.mixer), _convert_="all"))
+    with surfaced_config_errors():
+        mixer = instantiate(cfg.mixer)
+        return instantiate(backbone_config(cfg), mixer=mixer, _convert_="all")
 
 
 def build_recipe(cfg: DictConfig, backbone: nn.Module) -> L.LightningModule:
-    return _instantiate(lambda: instantiate(cfg.recipe, backbone=backbone, _convert_="all"))
+    with surfaced_config_errors():
+        return instantiate(cfg.recipe, backbone=backbone, _convert_="all")
 
 
-def _instantiate(make):
+@contextlib.contextmanager
+def surfaced_config_errors():
+    """Hydra wraps constructor errors: surface ours (ConfigError) with its message intact."""
     try:
-        return make()
+        yield
     except ConfigError:
         raise
-    except Exception as error:  # Hydra wraps constructor errors: surface ours with its message intact
+    except Exception as error:
         cause = error
         while cause is not None and not isinstance(cause, ConfigError):
             cause = cause.__cause__ or cause.__context__
@@ -66,8 +97,14 @@ def mixer_name(cfg: DictConfig) -> str:
     schedule = cfg.backbone.get("schedule") or []
     if schedule:
         parts = [
-            f"{str(seg.get('mixer', {}).get('_target_', name)).rsplit('.', 1)[-1]}x{seg['layers']}"
+            f"{_segment_mixer(seg.get('mixer'), name)}x{seg['layers']}"
             for seg in schedule
         ]
         name = "+".join(parts + [name])
     return name
+
+
+def _segment_mixer(mixer, default: str) -> str:
+    if isinstance(mixer, str):
+        return mixer
+    return str((mixer or {}).get("_target_", default)).rsplit(".", 1)[-1]

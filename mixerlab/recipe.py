@@ -23,6 +23,7 @@ import lightning as L
 import torch
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.models import group_parameters
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
@@ -30,6 +31,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from mixerlab import pretrained
 from mixerlab.errors import ConfigError, NonFiniteError
 from mixerlab.fastpath import optimizer_impl_kwargs
 from mixerlab.nonfinite import (
@@ -107,6 +109,15 @@ def param_groups(
     return list(groups.values())
 
 
+def layer_decay_scales(model: nn.Module, decay: float) -> dict[str, float]:
+    """Layer-wise LR decay as timm's ``param_groups_layer_decay`` computes it (BEiT): layer ids from the
+    model's ``group_matcher``, scale ``decay ** (last - id)``, parameters no group matches at the last layer
+    (the head: full LR). As a name -> scale map, so :func:`param_groups` can combine it with mixers' tags."""
+    layer_map = group_parameters(model, model.group_matcher(coarse=False), reverse=True)
+    last = max(layer_map.values()) if layer_map else 0
+    return {name: decay ** (last - layer_map.get(name, last)) for name, _ in model.named_parameters()}
+
+
 class Recipe(L.LightningModule):
     def __init__(
         self,
@@ -130,6 +141,8 @@ class Recipe(L.LightningModule):
         clip_grad: float | None = None,
         nan_policy: str = "stop",
         dense_finetune_epochs: int = 0,
+        freeze: Sequence[str] = (),
+        layer_decay: float | None = None,
     ) -> None:
         super().__init__()
         if nan_policy not in NAN_POLICIES:
@@ -143,9 +156,12 @@ class Recipe(L.LightningModule):
                 f"recipe.dense_finetune_epochs={dense_finetune_epochs} but no module of this model has a "
                 "train-time-only option to switch off (e.g. mixer.ssa={factor:4} of attention): set it to 0"
             )
+        if layer_decay is not None and not 0 < layer_decay <= 1:
+            raise ConfigError(f"recipe.layer_decay={layer_decay}: use a factor in (0, 1], or null for none")
         self.save_hyperparameters(ignore=["backbone"])
         optimizer_impl_kwargs(opt_impl, opt, opt_kwargs)  # a bad recipe.opt_impl fails here, before any data
         self.backbone = backbone
+        self.frozen = pretrained.freeze(backbone, freeze)  # before the EMA copy, which then matches
         num_classes = backbone.num_classes
         mixup = dict(mixup or {})
         self.mixup_fn = None
@@ -207,10 +223,15 @@ class Recipe(L.LightningModule):
 
     def build_optimizer(self) -> torch.optim.Optimizer:
         """AdamW (timm) over :func:`param_groups`: no weight decay for 1-D parameters and the backbone's
-        no_weight_decay(), mixers' ``_optim`` tags honoured."""
+        no_weight_decay(), mixers' ``_optim`` tags honoured.
+
+        Frozen parameters (``recipe.freeze``) are left out. ``recipe.layer_decay=d``: timm's layer-wise LR
+        decay (BEiT), each parameter's LR scale = d^(depth + 1 - layer) over the backbone's
+        ``group_matcher`` layers (:func:`layer_decay_scales`), times a mixer's own ``lr_scale`` tag."""
         hp = self.hparams
+        scales = layer_decay_scales(self.backbone, hp.layer_decay) if hp.layer_decay is not None else None
         return create_optimizer_v2(
-            param_groups(self.backbone, hp.weight_decay),
+            param_groups(self.backbone, hp.weight_decay, scales),
             opt=hp.opt,
             lr=self.peak_lr,
             weight_decay=hp.weight_decay,
@@ -355,6 +376,7 @@ class Recipe(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         check_finite_weights(self.backbone, self.global_step)
+        checkpoint["mixer_families"] = pretrained.mixer_families(self.backbone)  # for init.checkpoint surgery
         checkpoint["history"] = list(self.history)
         checkpoint["skipped_steps"] = self.skipped_steps
         # the epoch's running train loss is per rank: keep every rank's, so a run resumed mid-epoch

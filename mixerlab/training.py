@@ -22,6 +22,7 @@ from mixerlab.errors import ConfigError
 from mixerlab.fastpath import apply_fast_path
 from mixerlab.loggers import finish_loggers, start_loggers
 from mixerlab.preemption import RequeueOnSignal, owns_requeue
+from mixerlab.pretrained import apply_init
 from mixerlab.randomness import StepSeeding
 from mixerlab.run import RunDirectory, git_commit, peak_memory_mb, stop_status
 
@@ -93,6 +94,7 @@ def train(cfg: DictConfig) -> dict:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     backbone = build_backbone(cfg)  # impossible configs fail here, before any data is read
+    init_report = apply_init(cfg.get("init"), backbone)  # before the recipe's EMA copy and the fast path
     datamodule = build_datamodule(cfg)
     recipe = build_recipe(cfg, backbone)
     loggers = start_loggers([instantiate(c) for c in (cfg.get("logger") or {}).values() if c], cfg)
@@ -121,6 +123,8 @@ def train(cfg: DictConfig) -> dict:
         "git_commit": git_commit(),
         "run_dir": str(run.path),
     }
+    if init_report is not None:
+        summary["init"] = init_report
     summary.update(_step_memory(backbone, recipe, trainer, cfg, per_device_batch))
     # after the FLOP count, the memory step and the EMA copy, all of which want the eager module
     summary["fast_path"] = apply_fast_path(cfg.get("fastpath"), backbone, num_workers=datamodule.num_workers)

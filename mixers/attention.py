@@ -54,6 +54,9 @@ def check_ssa(ssa: Mapping | None) -> dict | None:
 
 
 class Attention(nn.Module):
+    # timm's ViT/DeiT attention has these parameters under these names (mixerlab/pretrained.py)
+    pretrained_family = "attention"
+
     def __init__(
         self,
         dim: int,

@@ -31,6 +31,10 @@ Beyond ``forward``, a mixer may use four mechanisms (all optional):
   copies them instead.
 - **Precision.** Regions that need float32 under bf16 autocast (FFTs, exponentials of random features,
   pseudo-inverses) run inside :func:`autocast_off` on ``.float()`` inputs and cast back to the input dtype.
+Pretrained weights (:mod:`mixerlab.pretrained`) load into a layer's mixer only when the checkpoint's mixer
+for that layer is of the same *family*: a class attribute ``pretrained_family = "name"`` (attention and
+Fibottention share ``"attention"``: the same ``qkv`` and ``proj``); a mixer without one is its own family.
+A mixer of another family is initialised afresh while the block's norms and MLP load.
 """
 
 from __future__ import annotations

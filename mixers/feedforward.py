@@ -11,6 +11,8 @@ The LayerNorm belongs to the mixer because it normalises over tokens, not channe
 runs with ``block.mixer_norm=false`` (no channel LayerNorm in front of the mixer) and, as in the paper,
 ``block.order=mlp_first`` (feature MLP, then token MLP). The CLS token is mixed like any other token.
 ``T`` is fixed by the weights: ``num_tokens`` must equal the backbone's token count (197 for 224/16 + CLS).
+The token LayerNorm's ``norm_eps`` follows the backbone's (the official code builds both norms from one
+``partial(nn.LayerNorm, eps=1e-6)``).
 
 The same file holds the paper's other ablation, the attention-only model (section 3.4), whose feature MLP
 is replaced by attention *over features*: each channel is a sequence element described by its T token
@@ -36,12 +38,13 @@ class TokenMLP(nn.Module):
         num_tokens: int | None = None,
         mlp_ratio: float = 4.0,
         drop: float = 0.0,
+        norm_eps: float = 1e-5,
         layer_index: int = 0,
         num_layers: int = 1,
     ) -> None:
         super().__init__()
         tokens = check_fixed_tokens(num_tokens, layout, "mixer.num_tokens")
-        self.norm = nn.LayerNorm(tokens)
+        self.norm = nn.LayerNorm(tokens, eps=norm_eps)
         self.mlp = Mlp(tokens, int(tokens * mlp_ratio), act_layer=nn.GELU, drop=drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -64,6 +67,7 @@ class FeatureAttention(nn.Module):
         num_tokens: int | None = None,
         num_heads: int = 1,
         qkv_bias: bool = True,
+        norm_eps: float = 1e-5,
         layer_index: int = 0,
         num_layers: int = 1,
     ) -> None:
@@ -75,7 +79,7 @@ class FeatureAttention(nn.Module):
                 "pick a head count that divides the token count (1 always works)"
             )
         self.num_heads = num_heads
-        self.norm = nn.LayerNorm(tokens)
+        self.norm = nn.LayerNorm(tokens, eps=norm_eps)
         self.qkv = nn.Linear(tokens, 3 * tokens, bias=qkv_bias)
         self.proj = nn.Linear(tokens, tokens)
 

@@ -124,6 +124,9 @@ def _warn_once(message: str) -> None:
 
 
 class Fibottention(nn.Module):
+    # its weights are attention's (qkv, proj): pretrained attention loads into it (mixerlab/pretrained.py)
+    pretrained_family = "attention"
+
     def __init__(
         self,
         dim: int,

@@ -25,7 +25,7 @@ from timm.models.convit import GPSA as TimmGPSA
 from timm.models.convit import MHSA as TimmMHSA
 
 from mixerlab.errors import ConfigError
-from mixers.contract import TokenLayout, check_heads, split_prefix
+from mixers.contract import TokenLayout, check_heads, mark_optim, split_prefix
 
 
 class GPSA(TimmGPSA):
@@ -51,7 +51,7 @@ class GPSA(TimmGPSA):
         super().__init__(dim, num_heads, qkv_bias, attn_drop, proj_drop, locality_strength)
         self.layout = layout
         self.rel_indices = self.get_rel_indices(layout.num_patches)  # (1, n, n, 3), a non-persistent buffer
-        self.gating_param._optim = {"weight_decay": 0.0}
+        mark_optim(self.gating_param, weight_decay=0.0)
 
     def reset_mixer_parameters(self) -> None:
         self.local_init()

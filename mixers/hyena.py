@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from mixerlab.errors import ConfigError
-from mixers.contract import TokenLayout, autocast_off, split_prefix
+from mixers.contract import TokenLayout, autocast_off, mark_optim, split_prefix
 
 
 def fft_conv2d(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -94,8 +94,8 @@ class Hyena2D(nn.Module):
         self.bias = nn.Parameter(torch.randn(channels))  # D
         self.directions = nn.Linear(4, 1) if directional_mode == "4dir" else None
         for p in (*self.filter_x.parameters(), *self.filter_y.parameters()):
-            p._optim = {"weight_decay": 0.0, "lr_scale": filter_lr_scale}
-        self.pos_emb._optim = {"weight_decay": 0.0, "lr_scale": pos_emb_lr_scale}
+            mark_optim(p, weight_decay=0.0, lr_scale=filter_lr_scale)
+        mark_optim(self.pos_emb, weight_decay=0.0, lr_scale=pos_emb_lr_scale)
 
     def _filter_mlp(self, emb_dim: int, order: int, inner: int, channels: int) -> nn.Sequential:
         layers = [nn.Linear(emb_dim, order), self.sin]

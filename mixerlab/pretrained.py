@@ -1,0 +1,364 @@
+"""Pretrained weights into any backbone preset: the one converter for timm/DeiT ViT files and mixerlab runs.
+
+    file    .pth/.pt/.bin/.ckpt: torch.load(weights_only=True); .safetensors: safetensors.torch.load_file
+      -> unwrap   {"model": sd} / {"state_dict": sd} (DeiT, timm), a Lightning checkpoint ("backbone." keys),
+                  EMA weights with init.ema=true ({"model_ema"}, {"state_dict_ema"}, "ema.module." keys)
+      -> source   the first entry of SOURCES whose signature key the state dict holds; its renames map the
+                  keys to ours (timm's blocks.i.attn.* -> blocks.i.mixer.*)
+      -> match    key by key against the model's state dict:
+                    same name and shape                       loaded
+                    pos_embed on another grid                 resampled: bicubic over the patch grid, the
+                                                              prefix tokens (CLS, DeiT's distillation) kept
+                                                              apart; the model's CLS keeps the CLS position
+                    head.* for another number of classes      ignored: the model keeps its new classifier
+                    block i's mixer, another mixer family     ignored: that mixer stays as initialised, the
+                                                              block's norms and MLP load (mixer surgery)
+                    anything else of another shape            ConfigError naming the key
+                    only in the checkpoint                    ignored, with the reason
+                    only in the model                         initialised (kept as built)
+      -> InitReport  printed, and recorded in summary.json under "init"
+
+Mixer families: a mixer class's ``pretrained_family`` attribute (mixers/contract.py); a mixer without one
+is its own family. A source says which family each of its blocks' mixers is: every timm ViT block holds
+attention; a mixerlab checkpoint records its blocks' families (``mixer_families``, written by the recipe).
+
+Adding a source architecture is one :class:`Source` in ``SOURCES``. For timm's ConViT (``convit_*``), e.g.:
+``signature=r"^blocks\\.0\\.attn\\.gating_param$"``, the same ``attn -> mixer`` rename plus renames of the
+GPSA parameters to the names the GPSA mixer uses, ``mixer_family`` returning ``"gpsa"`` for a block whose
+``gating_param`` is present and ``"attention"`` otherwise (the GPSA mixer declares
+``pretrained_family = "gpsa"``), and ``pos_prefix=()`` (ConViT's position embedding covers the patches
+only). List it before ``timm_vit``: the first source whose signature matches is used. A test builds the
+timm model with random init, saves its state dict and asserts identical logits in the preset.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from timm.layers import resample_abs_pos_embed
+from torch import nn
+
+from mixerlab.errors import ConfigError
+
+StateDict = dict[str, torch.Tensor]
+BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.")
+MIXER_KEY = re.compile(r"^blocks\.(\d+)\.mixer\.")
+
+
+def mixer_family(mixer: nn.Module) -> str:
+    """The family a mixer's weights belong to: its ``pretrained_family``, else its class path."""
+    return getattr(mixer, "pretrained_family", None) or f"{type(mixer).__module__}.{type(mixer).__qualname__}"
+
+
+def mixer_families(backbone: nn.Module) -> list[str]:
+    """One family per block, in order (stored in mixerlab checkpoints for later surgery)."""
+    return [mixer_family(block.mixer) for block in getattr(backbone, "blocks", [])]
+
+
+@dataclass(frozen=True)
+class Source:
+    """One checkpoint architecture the converter reads.
+
+    signature:    a regex only this source's state dict keys match (checked before renaming)
+    renames:      (regex, replacement) pairs applied to every key, in order, giving our names
+    ignored:      (regex on our names, why) for keys with no counterpart in a mixerlab backbone
+    mixer_family: (renamed state dict, checkpoint metadata, block index) -> the family of that block's
+                  mixer in the checkpoint, or None when unknown (then names and shapes decide)
+    pos_prefix:   the prefix-token parameters whose positions lead pos_embed when present, in order
+    """
+
+    name: str
+    signature: str
+    renames: tuple[tuple[str, str], ...] = ()
+    ignored: tuple[tuple[str, str], ...] = ()
+    mixer_family: Callable[[Mapping, Mapping, int], str | None] = lambda state, meta, i: None
+    pos_prefix: tuple[str, ...] = ("cls_token",)
+
+
+def _recorded_family(state: Mapping, meta: Mapping, i: int) -> str | None:
+    families = meta.get("mixer_families") or []
+    return families[i] if i < len(families) else None
+
+
+SOURCES: tuple[Source, ...] = (
+    Source(
+        name="mixerlab",
+        signature=r"^blocks\.\d+\.mixer\.",
+        mixer_family=_recorded_family,
+    ),
+    Source(
+        name="timm_vit",  # timm VisionTransformer (vit_*, deit_*), DeiT's own files, DeiT distilled
+        signature=r"^blocks\.\d+\.attn\.qkv\.weight$",
+        renames=((r"^blocks\.(\d+)\.attn\.", r"blocks.\1.mixer."),),
+        ignored=(
+            (r"^dist_token$", "DeiT's distillation token: the model has no distillation head"),
+            (r"^head_dist\.", "DeiT's distillation head: the model has no distillation token"),
+            (r"^fc_norm\.", "timm's norm after pooling: the model normalises before pooling (norm.*)"),
+        ),
+        mixer_family=lambda state, meta, i: "attention" if f"blocks.{i}.mixer.qkv.weight" in state else None,
+        pos_prefix=("cls_token", "dist_token"),
+    ),
+)
+
+
+@dataclass
+class InitReport:
+    """What a checkpoint load did: every model tensor is loaded or initialised, every checkpoint tensor
+    loaded or ignored (with why)."""
+
+    checkpoint: str
+    source: str
+    weights: str
+    loaded: list[str] = field(default_factory=list)
+    initialised: list[str] = field(default_factory=list)
+    ignored: dict[str, str] = field(default_factory=dict)
+    resampled: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "checkpoint": self.checkpoint,
+            "source": self.source,
+            "weights": self.weights,
+            "num_loaded": len(self.loaded),
+            "num_initialised": len(self.initialised),
+            "num_ignored": len(self.ignored),
+            "loaded": list(self.loaded),
+            "initialised": list(self.initialised),
+            "ignored": dict(self.ignored),
+            "resampled": dict(self.resampled),
+        }
+
+    def lines(self) -> list[str]:
+        out = [
+            f"init: {self.checkpoint} ({self.source}, {self.weights} weights): {len(self.loaded)} tensors "
+            f"loaded, {len(self.initialised)} initialised, {len(self.ignored)} ignored"
+        ]
+        out += [f"  initialised: {key}" for key in self.initialised]
+        out += [f"  ignored: {key} ({why})" for key, why in self.ignored.items()]
+        out += [f"  resampled: {key}: {how}" for key, how in self.resampled.items()]
+        return out
+
+
+# ---------------------------------------------------------------- reading a file
+RAW_KEYS = ("model", "state_dict", "module")
+EMA_KEYS = ("model_ema", "state_dict_ema", "ema")
+
+
+def read_state_dict(path: str | Path, ema: bool = False) -> tuple[StateDict, dict]:
+    """The backbone state dict stored in ``path`` (prefixes stripped) and its metadata."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"init.checkpoint={str(path)!r}: no such file")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        if ema:
+            raise ConfigError(f"init.ema=true but {path} is a safetensors file: it holds one set of weights")
+        return dict(load_file(str(path), device="cpu")), {}
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ConfigError(
+            f"init.checkpoint={str(path)!r} holds objects other than tensors and containers, which "
+            f"torch.load(weights_only=True) refuses ({str(error).splitlines()[0]}). If you trust the file, "
+            "re-save its weights alone: torch.save(torch.load(PATH, weights_only=False)['model'], NEW)"
+        ) from None
+    meta: dict = {}
+    if isinstance(obj, Mapping) and "state_dict" in obj and "pytorch-lightning_version" in obj:
+        meta = {"mixer_families": obj.get("mixer_families")}
+        prefix = "ema.module." if ema else "backbone."
+        state = {k[len(prefix):]: v for k, v in obj["state_dict"].items() if k.startswith(prefix)}
+        if not state:
+            what = "no EMA weights (the run had recipe.ema_decay off)" if ema else "no backbone weights"
+            raise ConfigError(f"init.checkpoint={str(path)!r} is a Lightning checkpoint with {what}")
+        return state, meta
+    state = _unwrap(obj, path, ema)
+    if state and all(k.startswith("module.") for k in state):  # saved from a DistributedDataParallel model
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state, meta
+
+
+def _unwrap(obj, path: Path, ema: bool) -> StateDict:
+    for _ in range(3):  # {"model": {...}} or {"checkpoint": {"state_dict": {...}}}-like nests
+        if not isinstance(obj, Mapping):
+            break
+        tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        if tensors and not ema:
+            return tensors
+        wrapper = next((k for k in (EMA_KEYS if ema else RAW_KEYS) if isinstance(obj.get(k), Mapping)), None)
+        if wrapper is None:
+            break
+        obj = obj[wrapper]
+        if ema:
+            ema = False  # found: what it holds is the state dict
+    wanted = f"EMA weights under one of {list(EMA_KEYS)}" if ema else "a state dict of tensors"
+    raise ConfigError(f"init.checkpoint={str(path)!r}: found no {wanted} in the file")
+
+
+def recognise(state: Mapping[str, torch.Tensor], path: str | Path) -> Source:
+    for source in SOURCES:
+        pattern = re.compile(source.signature)
+        if any(pattern.search(key) for key in state):
+            return source
+    sample = ", ".join(list(state)[:5])
+    raise ConfigError(
+        f"init.checkpoint={str(path)!r}: not a checkpoint this converter reads (keys: {sample}, ...); "
+        f"known sources: {[s.name for s in SOURCES]} (mixerlab/pretrained.py SOURCES says how to add one)"
+    )
+
+
+def renamed(state: Mapping[str, torch.Tensor], source: Source) -> StateDict:
+    rules = [(re.compile(a), b) for a, b in source.renames]
+    out = {}
+    for key, value in state.items():
+        for pattern, replacement in rules:
+            key = pattern.sub(replacement, key)
+        out[key] = value
+    return out
+
+
+# ---------------------------------------------------------------- position embeddings
+def resample_pos_embed(
+    value: torch.Tensor, model: nn.Module, state: Mapping, source: Source
+) -> tuple[torch.Tensor, str | None]:
+    """The checkpoint's (1, P + g*g, C) position embedding for the model's prefix tokens and grid.
+
+    The checkpoint's prefix count P is that of its prefix tokens present (``source.pos_prefix``), or 0 when
+    its embedding covers a square grid only. The grid is resampled bicubically without antialiasing, as
+    DeiT's fine-tuning does (``F.interpolate(mode="bicubic", align_corners=False)``), through timm's
+    ``resample_abs_pos_embed``; the model's CLS position is the checkpoint's CLS position.
+    """
+    target = model.pos_embed
+    if value.ndim != 3 or value.shape[-1] != target.shape[-1]:
+        raise ConfigError(
+            f"init.checkpoint: pos_embed has shape {tuple(value.shape)} but the model's is "
+            f"{tuple(target.shape)}: another width (backbone.embed_dim)"
+        )
+    n = value.shape[1]
+    src_prefix = sum(name in state for name in source.pos_prefix)
+    if math.isqrt(n - src_prefix) ** 2 != n - src_prefix:
+        src_prefix = 0
+    side = math.isqrt(n - src_prefix)
+    if side * side != n - src_prefix:
+        raise ConfigError(f"init.checkpoint: pos_embed covers {n} tokens, not prefix tokens + a square grid")
+    prefix, grid = value[:, :src_prefix], value[:, src_prefix:]
+    new_grid, tgt_prefix = model.layout.grid, model.layout.num_prefix
+    notes = []
+    if (side, side) != tuple(new_grid):
+        grid = resample_abs_pos_embed(
+            grid, new_size=list(new_grid), old_size=[side, side], num_prefix_tokens=0,
+            interpolation="bicubic", antialias=False,
+        )
+        notes.append(f"grid {side}x{side} -> {new_grid[0]}x{new_grid[1]} (bicubic)")
+    if src_prefix >= tgt_prefix:
+        prefix = prefix[:, :tgt_prefix]  # CLS first in both (timm, DeiT): a distillation position dropped
+    else:
+        prefix = target.detach()[:, :tgt_prefix].clone()
+        notes.append("the checkpoint has no prefix position: the CLS position is initialised")
+    if src_prefix != tgt_prefix:
+        notes.append(f"prefix positions {src_prefix} -> {tgt_prefix} (the CLS position kept first)")
+    out = torch.cat([prefix, grid], dim=1).to(target.dtype)
+    return out, "; ".join(notes) or None
+
+
+# ---------------------------------------------------------------- loading
+def load_pretrained(model: nn.Module, path: str | Path, ema: bool = False) -> InitReport:
+    """Load ``path`` into ``model`` (a mixerlab VisionTransformer) in place and say what happened."""
+    raw, meta = read_state_dict(path, ema)
+    source = recognise(raw, path)
+    state = renamed(raw, source)
+    report = InitReport(checkpoint=str(path), source=source.name, weights="ema" if ema else "raw")
+    target = model.state_dict()
+    ignored = [(re.compile(pattern), why) for pattern, why in source.ignored]
+    families = mixer_families(model)
+    depth = len(families)
+    new: StateDict = {}
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        why = next((why for pattern, why in ignored if pattern.search(key)), None)
+        block = BLOCK_KEY.match(key)
+        mixer = MIXER_KEY.match(key)
+        if why is None and block and int(block[1]) >= depth:
+            why = f"the checkpoint has more blocks than backbone.depth={depth}"
+        if why is None and mixer:
+            i = int(mixer[1])
+            theirs = source.mixer_family(state, meta, i)
+            if theirs is not None and theirs != families[i]:
+                why = f"block {i} holds {families[i]}, not the checkpoint's {theirs}: initialised afresh"
+        if why is None and key not in target:
+            why = _absent_reason(key, model)
+        if why is None and key == "pos_embed":
+            value, how = resample_pos_embed(value, model, state, source)
+            if how:
+                report.resampled[key] = how
+        elif why is None and value.shape != target[key].shape:
+            if key.startswith("head."):
+                why = (f"a classifier for {value.shape[0]} classes; the model has {model.num_classes}: "
+                       "a new head is initialised")
+            else:
+                raise ConfigError(
+                    f"init.checkpoint={str(path)!r}: {key} has shape {tuple(value.shape)} in the checkpoint "
+                    f"but {tuple(target[key].shape)} in the model; only the position embedding (resampled) "
+                    "and the classifier (replaced) may differ: build the backbone the checkpoint was trained "
+                    "with (embed_dim, depth, num_heads, mlp_ratio, patch_size, in_chans)"
+                )
+        if why is not None:
+            report.ignored[key] = why
+            continue
+        new[key] = value.to(target[key].dtype)
+    missing, unexpected = model.load_state_dict(new, strict=False)
+    assert not unexpected, unexpected  # every key in `new` is one of the model's
+    report.loaded = [k for k in target if k in new]
+    report.initialised = [k for k in target if k not in new]
+    return report
+
+
+def _absent_reason(key: str, model: nn.Module) -> str:
+    if key == "cls_token":
+        return "the model has no CLS token (backbone.head=gap)"
+    if key == "pos_embed":
+        return "the model has no position embedding (backbone.pos_embed=none)"
+    return "the model has no such tensor (its block options differ)"
+
+
+def apply_init(cfg: Mapping | None, model: nn.Module) -> dict | None:
+    """The ``init`` config group: load ``init.checkpoint`` into the freshly built backbone, print and return
+    the report (None when no checkpoint is given)."""
+    cfg = dict(cfg or {})
+    unknown = set(cfg) - {"checkpoint", "ema"}
+    if unknown:
+        raise ConfigError(f"init has unknown keys {sorted(unknown)}; it takes checkpoint, ema")
+    if not cfg.get("checkpoint"):
+        if cfg.get("ema"):
+            raise ConfigError("init.ema=true needs init.checkpoint=PATH")
+        return None
+    report = load_pretrained(model, cfg["checkpoint"], ema=bool(cfg.get("ema")))
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if rank_zero_only.rank == 0:
+        print("\n".join(report.lines()), flush=True)
+    return report.to_dict()
+
+
+# ---------------------------------------------------------------- freezing
+def freeze(model: nn.Module, prefixes: Iterable[str], key: str = "recipe.freeze") -> list[str]:
+    """Stop gradients for parameters named ``prefix`` or ``prefix.*`` (``blocks.0`` is not ``blocks.10``);
+    return the frozen names. A prefix that names no parameter is a ConfigError."""
+    named = dict(model.named_parameters())
+    frozen = []
+    for prefix in prefixes:
+        hits = [name for name in named if name == prefix or name.startswith(f"{prefix}.")]
+        if not hits:
+            tops = sorted({name.split(".")[0] for name in named})
+            raise ConfigError(f"{key}: {prefix!r} names no parameter; parameter names start with {tops}")
+        for name in hits:
+            named[name].requires_grad_(False)
+        frozen += hits
+    return frozen
