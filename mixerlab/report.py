@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mixerlab.report_robustness import erf_markdown, robustness_markdown
 from mixerlab.sweep import SweepIndex, job_label, read_summary
 
 # (summary key, column title, decimals) of the numbers every run reports
@@ -265,6 +266,29 @@ def curves_plot(runs: list[RunRecord]) -> str | None:
     return _svg(fig)
 
 
+# ---------------------------------------------------------------------------------------------- robustness
+def robustness_plots(runs: list[RunRecord]) -> dict[str, tuple[str, str | None]]:
+    from mixerlab.report_robustness import clean_vs_shifted_plot
+
+    return {"clean_vs_shifted": ("Clean against shifted top-1 (eval.json; one point per run and set).",
+                                 clean_vs_shifted_plot(runs, _mixer_colors(runs)))}
+
+
+def robustness_sections(groups: list[ConfigGroup]) -> list[str]:
+    """The robustness table and the receptive-field gallery, when runs were evaluated (``eval.py``)."""
+    from mixerlab.report_robustness import erf_gallery_html, robustness_html
+
+    parts = []
+    table = robustness_html(groups)
+    if table:
+        parts += ["<h2>Robustness (top-1 %, mean ± std over seeds)</h2>", table]
+    gallery = erf_gallery_html(groups)
+    if gallery:
+        parts += ["<h2>Effective receptive fields</h2>", '<p class="meta">|d centre token / d input|, '
+                  "averaged over images (mixerlab/erf.py).</p>", gallery]
+    return parts
+
+
 # ---------------------------------------------------------------------------------------------- the report
 PAGE_CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:24px auto;max-width:1280px;
@@ -434,6 +458,7 @@ class SweepReport:
                                        scatter_plot(self.runs, "train_images_per_s", "train images / s")),
                 "training_curves": ("Validation top-1 and training loss per epoch (crosses: not completed).",
                                     curves_plot(self.runs)),
+                **robustness_plots(self.runs),
             }
         return {name: (caption, svg) for name, (caption, svg) in made.items() if svg}
 
@@ -456,6 +481,7 @@ class SweepReport:
             parts.append(f'<p class="meta" id="memory-method">{html.escape(self.memory_note())}</p>')
         if aggregated:
             parts += ["<h2>Configurations (mean ± std over seeds)</h2>", self._groups_table(out_dir)]
+        parts += robustness_sections(self.groups)
         parts.append('<h2>Plots</h2><div class="plots">')
         for name, (caption, svg) in plots.items():
             parts.append(f'<figure id="{name}">{svg}<figcaption>{html.escape(caption)}</figcaption></figure>')
@@ -494,6 +520,7 @@ class SweepReport:
             values = [fmt(run.value(k), d) for k, _, d in METRICS]
             lines.append(f"| {run.label} | {status.replace('|', '/')} | " + " | ".join(values)
                          + f" | {f'[config]({link})' if link else '—'} |")
+        lines += [""] + robustness_markdown(self.groups) + erf_markdown(self.groups, out_dir)
         if plot_files:
             lines += ["", "## Plots", ""]
             lines += [f"![{name}]({rel_link(path, out_dir)})" for name, path in plot_files.items()]

@@ -1,0 +1,26 @@
+"""Evaluate a run without training: ``python eval.py run=DIR [data=SET] [erf.layers=[0,3]]`` (-m: several).
+
+run directory (config.yaml, checkpoints/last.ckpt) -> model with EMA weights if kept -> data= set(s)
+-> <run>/eval.json (merged with earlier sets) and <run>/erf/*.png (mixerlab/evaluation.py)
+"""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from mixerlab.evaluation import register_eval_resolvers
+
+register_eval_resolvers()
+
+
+@hydra.main(config_path="conf", config_name="eval", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    from mixerlab.evaluation import evaluate
+
+    record = evaluate(cfg)
+    return (record.get("sets", {}).get(cfg.set_name) or {}).get("top1")
+
+
+if __name__ == "__main__":
+    main()

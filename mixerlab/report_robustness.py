@@ -1,0 +1,182 @@
+"""The sweep report's robustness sections, from each run's ``eval.json`` and ``erf/`` (``python eval.py``).
+
+- a table: per configuration (runs differing only in their seed), top-1 on the clean set and on every
+  shifted set any run was evaluated on, mean ± std over seeds; -C sets add their (m)CE;
+- a plot: clean top-1 against each shifted set's top-1, one point per run and set, the diagonal drawn;
+- the effective-receptive-field gallery: each configuration's maps (first seed that has them) side by side.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import statistics
+from pathlib import Path
+
+CLEAN = "clean"
+
+
+def read_eval(run_dir: Path) -> dict:
+    try:
+        return json.loads((Path(run_dir) / "eval.json").read_text()).get("sets") or {}
+    except (OSError, ValueError):
+        return {}
+
+
+def eval_sets_of(groups) -> list[str]:
+    """Every set any run was evaluated on, the clean one first."""
+    names = {name for group in groups for run in group.runs for name in read_eval(run.run_dir)}
+    return sorted(names, key=lambda n: (n != CLEAN, n))
+
+
+def corruption_score(entry: dict) -> tuple[str, float] | None:
+    for key, label in (("mce", "mCE"), ("mce_unnormalised", "mean CE %")):
+        if isinstance(entry.get(key), int | float):
+            return label, float(entry[key])
+    return None
+
+
+def _stat(values: list[float]) -> str:
+    if not values:
+        return "—"
+    mean = statistics.fmean(values)
+    if len(values) == 1:
+        return f"{mean:.2f}"
+    return f"{mean:.2f} ± {statistics.stdev(values):.2f} (n={len(values)})"
+
+
+def robustness_rows(groups) -> tuple[list[str], list[list[str]]]:
+    """(column heads, rows of cells): configuration, then top-1 per set (and the -C score)."""
+    sets = eval_sets_of(groups)
+    heads = ["configuration"]
+    for name in sets:
+        heads.append(f"{name} top-1 %")
+        entries = [read_eval(r.run_dir).get(name, {}) for g in groups for r in g.runs]
+        score = next((s for e in entries if (s := corruption_score(e))), None)
+        if score:
+            heads.append(f"{name} {score[0]}")
+    rows = []
+    for group in groups:
+        evals = [read_eval(r.run_dir) for r in group.runs]
+        if not any(evals):
+            continue
+        row = [group.label]
+        for name in sets:
+            row.append(_stat([e[name]["top1"] for e in evals if name in e]))
+            if f"{name} mCE" in heads or f"{name} mean CE %" in heads:
+                row.append(_stat([s[1] for e in evals if name in e and (s := corruption_score(e[name]))]))
+        rows.append(row)
+    return heads, rows
+
+
+def robustness_html(groups) -> str | None:
+    heads, rows = robustness_rows(groups)
+    if not rows:
+        return None
+    out = ['<table id="robustness" class="sortable"><thead><tr>']
+    out += [f'<th scope="col"><button type="button">{html.escape(h)}</button></th>' for h in heads]
+    out.append("</tr></thead><tbody>")
+    for row in rows:
+        cells = [f"<td>{html.escape(row[0])}</td>"]
+        cells += [f'<td class="num" data-sort="{html.escape(c.split(" ")[0])}">{html.escape(c)}</td>'
+                  for c in row[1:]]
+        out.append("<tr>" + "".join(cells) + "</tr>")
+    out.append("</tbody></table>")
+    return "\n".join(out)
+
+
+def robustness_markdown(groups) -> list[str]:
+    heads, rows = robustness_rows(groups)
+    if not rows:
+        return []
+    lines = ["## Robustness (top-1 %, mean ± std over seeds)", "", "| " + " | ".join(heads) + " |",
+             "|---|" + "---:|" * (len(heads) - 1)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines + [""]
+
+
+def clean_vs_shifted_plot(runs, colors: dict[str, str]) -> str | None:
+    """Clean top-1 (x) against each shifted set's top-1 (y), one marker shape per set, colour per mixer."""
+    points = []
+    for run in runs:
+        sets = read_eval(run.run_dir)
+        clean = sets.get(CLEAN, {}).get("top1")
+        if clean is None:
+            continue
+        points += [(clean, e["top1"], name, run.mixer) for name, e in sets.items()
+                   if name != CLEAN and isinstance(e.get("top1"), int | float)]
+    if not points:
+        return None
+    import matplotlib.pyplot as plt
+
+    from mixerlab.report import _svg
+
+    markers = "osD^vP*X"
+    names = sorted({p[2] for p in points})
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    for i, name in enumerate(names):
+        for mixer in sorted({p[3] for p in points}):
+            mine = [(x, y) for x, y, n, m in points if n == name and m == mixer]
+            if mine:
+                ax.scatter(*zip(*mine, strict=True), s=44, marker=markers[i % len(markers)],
+                           color=colors.get(mixer, "#444"), label=f"{mixer} · {name}", zorder=3)
+    low = min(min(p[0], p[1]) for p in points)
+    high = max(max(p[0], p[1]) for p in points)
+    pad = max(1.0, (high - low) * 0.05)
+    ax.plot([low - pad, high + pad], [low - pad, high + pad], color="#999", linewidth=1, linestyle="--",
+            label="shifted = clean")
+    ax.set(xlabel="clean top-1 (%)", ylabel="shifted top-1 (%)", title="clean vs shifted accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=1 + len(names) // 6, loc="upper left")
+    return _svg(fig)
+
+
+def erf_gallery_html(groups) -> str | None:
+    """Per configuration, the ERF maps of its first run that has them, side by side (inline PNGs)."""
+    rows = []
+    for group in groups:
+        for run in group.runs:
+            erf_dir = Path(run.run_dir) / "erf"
+            try:
+                record = json.loads((erf_dir / "erf.json").read_text())
+            except (OSError, ValueError):
+                continue
+            images = []
+            for layer in record.get("layers", []):
+                png = erf_dir / record["files"][str(layer)]
+                if png.is_file():
+                    data = base64.b64encode(png.read_bytes()).decode()
+                    share = record.get("centre_patch_share", {}).get(str(layer))
+                    caption = f"block {layer}" + ("" if share is None or not math.isfinite(share)
+                                                  else f" · centre patch {100 * share:.0f}%")
+                    images.append(f'<figure class="erf"><img alt="{html.escape(group.label)} block {layer}" '
+                                  f'src="data:image/png;base64,{data}"><figcaption>{caption}</figcaption>'
+                                  "</figure>")
+            if images:
+                rows.append(f'<div class="erf-row" data-config="{html.escape(group.label)}"><h3>'
+                            f"{html.escape(group.label)}</h3>" + "".join(images) + "</div>")
+            break
+    if not rows:
+        return None
+    style = ("<style>.erf-row{display:flex;gap:8px;align-items:flex-start;flex-wrap:wrap}"
+             ".erf-row h3{width:160px;font-size:14px} figure.erf img{width:180px}</style>")
+    return style + "\n".join(rows)
+
+
+def erf_markdown(groups, out_dir: Path) -> list[str]:
+    import os
+
+    lines = []
+    for group in groups:
+        for run in group.runs:
+            pngs = sorted((Path(run.run_dir) / "erf").glob("layer*.png"))
+            if pngs:
+                links = " ".join(f"![{group.label} {p.stem}]({Path(os.path.relpath(p, out_dir)).as_posix()})"
+                                 for p in pngs)
+                lines.append(f"| {group.label} | {links} |")
+                break
+    if not lines:
+        return []
+    return ["## Effective receptive fields", "", "| configuration | blocks |", "|---|---|", *lines, ""]
