@@ -132,7 +132,7 @@ def loader(fabric: L.Fabric, dataset, batch_size: int, num_workers: int) -> Data
                       pin_memory=fabric.device.type == "cuda")
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: torch 2.5's gloo all_gather refuses the metric's inference tensors
 def score(fabric: L.Fabric, model: nn.Module, eval_set: EvalSet, batch_size: int, num_workers: int) -> dict:
     counts = TopKCounts().to(fabric.device)
     mask = None
