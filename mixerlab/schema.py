@@ -37,7 +37,7 @@ from functools import cache
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from mixerlab.errors import ConfigError
-from mixerlab.signatures import EMPTY, Signature, Unresolved, module_literal, signature
+from mixerlab.signatures import EMPTY, Signature, Unresolved, module_literal, parse_source, signature
 
 HYDRA_KEYS = ("_target_", "_partial_", "_convert_", "_recursive_", "_args_")
 # Resolvers whose values are only known at run time: ``precision`` (imports torch to look for a GPU) and
@@ -337,7 +337,7 @@ def matches(value, annotation: str | None) -> bool:
     if annotation is None or value is DEFERRED:
         return True
     try:
-        node = ast.parse(annotation, mode="eval").body
+        node = parse_source(annotation, mode="eval").body
     except SyntaxError:
         return True
     return _matches(value, node) is not False

@@ -21,6 +21,7 @@ on every target the shipped configs name.
 from __future__ import annotations
 
 import ast
+import gc
 import importlib
 import inspect
 from dataclasses import dataclass, field
@@ -65,7 +66,24 @@ def _module_file(module: str) -> Path | None:
 
 @cache
 def _parse(path: Path) -> ast.Module:
-    return ast.parse(path.read_text(), filename=str(path))
+    return parse_source(path.read_text(), filename=str(path))
+
+
+def parse_source(source: str, filename: str = "<unknown>", mode: str = "exec") -> ast.AST:
+    """``ast.parse``, retried once with the garbage collector paused when CPython 3.11 (fixed in 3.11.8,
+    gh-106905) raises its spurious ``SystemError: AST constructor recursion depth mismatch``: seen here in
+    long test processes, where the same text parsed fine alone, so the error is the interpreter's state at
+    that moment, not the source."""
+    try:
+        return ast.parse(source, filename=filename, mode=mode)
+    except SystemError:
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return ast.parse(source, filename=filename, mode=mode)
+        finally:
+            if enabled:
+                gc.enable()
 
 
 def _absolute(module: str, node: ast.ImportFrom, is_package: bool) -> str:
