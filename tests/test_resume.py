@@ -16,7 +16,7 @@ import torch
 
 from data.base import ImageDataModule
 from data.sampling import EpochSampler
-from mixerlab.checkpointing import AtomicCheckpointIO
+from mixerlab.checkpointing import AtomicCheckpointIO, checkpoint_step
 from tests.conftest import REPO, run_train
 
 # Randomness in every part of the step (drop-path: torch RNG; Mixup/CutMix: numpy RNG), an EMA, and a
@@ -34,8 +34,8 @@ ENV = {"OMP_NUM_THREADS": "1"}
 KILL = "+callbacks.kill._target_=tests.faults.KillAt"
 
 
-def checkpoint_step(run_dir: Path) -> int:
-    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+def last_checkpoint_step(run_dir: Path) -> int:
+    return checkpoint_step(run_dir / "checkpoints" / "last.ckpt")
 
 
 def final_state(run_dir: Path) -> dict:
@@ -80,9 +80,9 @@ def test_a_run_killed_at_many_points_resumes_to_the_same_weights(uninterrupted, 
         (33, "batch_end", 30),  # mid-epoch again, after a resume
     ]:
         killed(run_dir, step, hook)
-        assert checkpoint_step(run_dir) == resumes_from, (step, hook)
+        assert last_checkpoint_step(run_dir) == resumes_from, (step, hook)
     killed_from_outside_after_next_checkpoint(run_dir)  # and once at a moment nobody chose
-    resumed_from = checkpoint_step(run_dir)
+    resumed_from = last_checkpoint_step(run_dir)
     assert 35 <= resumed_from < 44, "killed too late to test a resume"
     _, summary = run_train(run_dir, *RUN, env=ENV)
 

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import torch
 
+from mixerlab.checkpointing import checkpoint_step
 from tests.conftest import REPO
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(900)]
@@ -105,8 +105,8 @@ def wait_for_accounting(job: str, states: list[str]) -> None:
     wait_until(lambda: accounting_states(job) == states, 60, f"sacct to show {states} for job {job}")
 
 
-def checkpoint_step(run_dir: Path) -> int:
-    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+def last_checkpoint_step(run_dir: Path) -> int:
+    return checkpoint_step(run_dir / "checkpoints" / "last.ckpt")
 
 
 def summary_of(run_dir: Path) -> dict:
@@ -139,7 +139,7 @@ def test_a_job_requeued_with_scontrol_resumes_to_the_same_weights(uninterrupted_
     job, log = sbatch(run_dir, *RUN)
     wait_until(lambda: (run_dir / "checkpoints" / "last.ckpt").exists(), 300, "a first checkpoint", log)
     sh("scontrol", "requeue", job)
-    assert 5 <= checkpoint_step(run_dir) < 44, "requeued too late to test a resume"
+    assert 5 <= last_checkpoint_step(run_dir) < 44, "requeued too late to test a resume"
     release_requeued(job, log)
 
     assert wait_done(job, log) == "COMPLETED", log.read_text()[-4000:]
