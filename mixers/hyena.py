@@ -9,10 +9,15 @@ reference sheet (MIXERS-II s2.5) and, for the 1-D implicit filter, HazyResearch/
     K[c, i, j] = hx[i, c] hy[j, c]  (separable),  h(t) = FFN(PE(t)) * (exp(-|delta_c| t) + shift), t in [0, 1]
     PE(t) = (t, cos, sin bands),  FFN = Linear(3, 64) -> Sin -> [Linear(64, 64) -> Sin] x 2 -> Linear(64, C)
 
-``(*)`` is the linear 2-D convolution causal in both axes, by FFT zero-padded to 2h x 2w and cropped to
-[:h, :w], in float32 (``autocast_off``). '4dir': the four flips d of the grid (none, rows, columns, both) run
-in the batch, are flipped back and mixed by Linear(4, 1) (a_d; started at the mean), so every patch sees the
-whole grid. One Sin (learnable frequencies) and one PE are shared by the two axis filters (square grid).
+``(*)`` is the linear 2-D convolution causal in both axes, in float32 (``autocast_off``). '4dir': the four
+flips d of the grid (none, rows, columns, both), flipped back and mixed by Linear(4, 1) (a_d; started at the
+mean), so every patch sees the whole grid. Two exact implementations (``long_conv``): 'toeplitz' (default)
+uses that K is separable, K (*) v = T_x v T_y^T with T the lower-triangular Toeplitz matrix of each axis
+filter, and that a flip turns T into T^T, so the four directions are two matrix products,
+(a_1 T_x + a_2 T_x^T) v T_y^T + (a_3 T_x + a_4 T_x^T) v T_y, 4 h w (h + w) multiply-adds per channel;
+'fft' is the paper's route, the four flipped copies in the batch, each FFT zero-padded to 2h x 2w and
+cropped to [:h, :w]. The two agree to 2e-7 (relative); Toeplitz was 8.8-17x faster for training on this CPU
+at 8x8 to 112x112 grids (BENCHMARKS.md, "2-D Hyena: Toeplitz vs FFT"), as FFT work wins only beyond them. One Sin (learnable frequencies) and one PE are shared by the two axis filters (square grid).
 The decay rates delta are a buffer (safari's ``modulation_lr=0``). Optimiser treatment (safari
 ``OptimModule``: filter lr 1e-3, positional-embedding lr 1e-5, weight decay 0): marked ``_optim`` with
 ``lr_scale`` relative to the recipe's LR, 1.0 and 0.01 by default (1e-3 is the DeiT recipe's LR at a global
@@ -31,6 +36,13 @@ from mixerlab.errors import ConfigError
 from mixers.contract import TokenLayout, autocast_off, mark_optim, split_prefix
 
 
+def toeplitz(h: torch.Tensor) -> torch.Tensor:
+    """(C, n) filter taps -> (C, n, n) lower-triangular Toeplitz T[c, i, i'] = h[c, i - i'] (0 for i' > i)."""
+    n = h.shape[-1]
+    lag = torch.arange(n, device=h.device)[:, None] - torch.arange(n, device=h.device)[None, :]
+    return h[:, lag.clamp(min=0)] * (lag >= 0)
+
+
 def fft_conv2d(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """Causal linear convolution (B, C, h, w) x (C, h, w) -> (B, C, h, w) by FFT on 2h x 2w, float32."""
     h, w = u.shape[-2:]
@@ -38,6 +50,9 @@ def fft_conv2d(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         spectrum = torch.fft.rfft2(u.float(), s=(2 * h, 2 * w)) * torch.fft.rfft2(k.float(), s=(2 * h, 2 * w))
         y = torch.fft.irfft2(spectrum, s=(2 * h, 2 * w))[..., :h, :w]
     return y.to(u.dtype)
+
+
+LONG_CONVS = ("toeplitz", "fft")
 
 
 class Sin(nn.Module):
@@ -64,7 +79,8 @@ class Hyena2D(nn.Module):
         num_inner_mlps: int = 2, sin_freq: float = 1.0, fast_decay_pct: float = 0.3,
         slow_decay_pct: float = 1.5, decay_target: float = 1e-2, shift: float = 0.0,
         directional_mode: str = "4dir", grid_size: int | None = None, filter_lr_scale: float = 1.0,
-        pos_emb_lr_scale: float = 0.01, dropout: float = 0.0, layer_index: int = 0, num_layers: int = 1,
+        pos_emb_lr_scale: float = 0.01, dropout: float = 0.0, long_conv: str = "toeplitz",
+        layer_index: int = 0, num_layers: int = 1,
     ) -> None:
         super().__init__()
         h, w = layout.grid
@@ -73,10 +89,12 @@ class Hyena2D(nn.Module):
                 f"mixer.grid_size={grid_size} but the backbone gives a {h}x{w} patch grid; the filters' "
                 "positional embedding fixes a square grid: set mixer.grid_size=null to follow "
                 "data.img_size / backbone.patch_size (square), or change those")
-        if order < 2 or directional_mode not in ("4dir", "causal") or emb_dim < 3 or emb_dim % 2 == 0:
+        if (order < 2 or directional_mode not in ("4dir", "causal") or emb_dim < 3 or emb_dim % 2 == 0
+                or long_conv not in LONG_CONVS):
             raise ConfigError(f"mixer.order={order} (>= 2), mixer.directional_mode={directional_mode!r} "
-                              f"('4dir' | 'causal'), mixer.emb_dim={emb_dim} (odd, >= 3): one is invalid")
-        self.layout, self.order, self.dim = layout, order, dim
+                              f"('4dir' | 'causal'), mixer.emb_dim={emb_dim} (odd, >= 3), "
+                              f"mixer.long_conv={long_conv!r} ({' | '.join(map(repr, LONG_CONVS))}): one is invalid")
+        self.layout, self.order, self.dim, self.long_conv_impl = layout, order, dim, long_conv
         width, channels = (order + 1) * dim, (order - 1) * dim
         self.in_proj = nn.Linear(dim, width)
         self.short_filter = nn.Conv2d(width, width, 3, padding=1, groups=width)
@@ -111,15 +129,28 @@ class Hyena2D(nn.Module):
             nn.init.constant_(self.directions.weight, 0.25)
             nn.init.zeros_(self.directions.bias)
 
-    def filters(self) -> torch.Tensor:
-        """K (o-1, C, h, w): hx[i, c] hy[j, c], each an implicit MLP of PE(t) times the decay window."""
+    def filters(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """hx, hy (o-1, C, h): each an implicit MLP of PE(t) times the decay window; K = hx (x) hy."""
         window = torch.exp(-self.t * self.deltas.abs()) + self.shift  # (1, h, (o-1)C)
         hx, hy = (f(self.pos_emb) * window for f in (self.filter_x, self.filter_y))  # (1, h, (o-1)C)
-        k = hx[0].T[:, :, None] * hy[0].T[:, None, :]  # ((o-1)C, h, w)
-        return k.reshape(self.order - 1, self.dim, *k.shape[1:])
+        return tuple(f[0].T.reshape(self.order - 1, self.dim, -1) for f in (hx, hy))
 
-    def long_conv(self, v: torch.Tensor, k: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    def long_conv(self, v: torch.Tensor, hx: torch.Tensor, hy: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
         """K (*) v + D v, in four flipped directions mixed by Linear(4, 1) ('4dir') or causal only."""
+        if self.long_conv_impl == "fft":
+            return self._long_conv_fft(v, hx[:, :, None] * hy[:, None, :], d)
+        with autocast_off(v.device):
+            tx, ty = toeplitz(hx.float()), toeplitz(hy.float())  # (C, h, h), (C, w, w)
+            u = v.float()
+            if self.directions is None:
+                y = tx @ u @ ty.mT + d[:, None, None] * u
+            else:  # flip_d(K (*) flip_d(u)) = T_x' u T_y'^T, a flip turning T into T^T (J T J = T^T)
+                a, a0 = self.directions.weight[0].float(), self.directions.bias.float()
+                y = ((a[0] * tx + a[1] * tx.mT) @ u @ ty.mT + (a[2] * tx + a[3] * tx.mT) @ u @ ty
+                     + a.sum() * d[:, None, None] * u + a0)
+        return y.to(v.dtype)
+
+    def _long_conv_fft(self, v: torch.Tensor, k: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
         if self.directions is None:
             return fft_conv2d(v, k) + d[:, None, None] * v
         flips = [(), (-2,), (-1,), (-2, -1)]
@@ -133,9 +164,9 @@ class Hyena2D(nn.Module):
         B, n, C = patches.shape
         z = self.in_proj(patches).transpose(1, 2).reshape(B, -1, *self.layout.grid)  # (B, (o+1)C, h, w)
         *gates, v = self.short_filter(z).split(C, dim=1)
-        k, d = self.filters(), self.bias.reshape(self.order - 1, C)
+        (hx, hy), d = self.filters(), self.bias.reshape(self.order - 1, C)
         for o, gate in enumerate(reversed(gates[1:])):
-            v = self.long_conv(self.dropout(v * gate), k[o], d[o])
+            v = self.long_conv(self.dropout(v * gate), hx[o], hy[o], d[o])
         y = (v * gates[0]).flatten(2).transpose(1, 2)  # (B, h*w, C)
         out = self.out_proj(y)
         return torch.cat([prefix, out], dim=1) if prefix.shape[1] else out

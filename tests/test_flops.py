@@ -175,10 +175,11 @@ def ffnified(c: Case) -> int:
 def hyena(c: Case) -> int:
     n, F = c.h * c.w, c.opt["filter_order"]  # square grid, order 2, four directions
     filter_mlp = linear(c.h, 3, F) + 2 * linear(c.h, F, F) + linear(c.h, F, c.C)  # on the h positions
-    padded = 4 * n  # each FFT on the zero-padded 2h x 2w grid
-    ffts = (4 * c.C + c.C + 4 * c.C) * fft(padded, real=True)  # rfft2 of 4 flips and of K, irfft2 of 4
-    return (linear(n, c.C, 3 * c.C) + 2 * n * 3 * c.C * 9 + 2 * filter_mlp + int(ffts)
-            + linear(n * c.C, 4, 1) + linear(n, c.C, c.C))
+    if c.opt["long_conv"] == "toeplitz":  # (a1 Tx + a2 Tx^T) v Ty^T + (a3 Tx + a4 Tx^T) v Ty, per channel
+        conv = 2 * c.C * (2 * c.h * c.h * c.w + 2 * c.h * c.w * c.w)
+    else:  # each FFT on the zero-padded 2h x 2w grid: rfft2 of 4 flips and of K, irfft2 of 4; Linear(4, 1)
+        conv = int((4 * c.C + c.C + 4 * c.C) * fft(4 * n, real=True)) + linear(n * c.C, 4, 1)
+    return linear(n, c.C, 3 * c.C) + 2 * n * 3 * c.C * 9 + 2 * filter_mlp + conv + linear(n, c.C, c.C)
 
 ANALYTIC = {
     "attention": attention,
@@ -321,3 +322,13 @@ def test_sparse_fibottention_counts_the_kept_pairs_only(grid):
     with torch.device("meta"):  # model_info counts on the meta device: the ops' fake kernels
         on_meta, _ = build_mixer("fibottention", grid, variant="sparse")
     assert costs.count_module_flops(on_meta.eval(), torch.zeros(1, case.N, WIDTH, device="meta")) == counted
+
+
+@pytest.mark.parametrize("grid", GRIDS, ids=lambda g: f"{g[0]}x{g[1]}")
+def test_hyena_fft_route_counts_its_ffts(grid):
+    # mixer.long_conv=fft (the paper's route): the shipped Toeplitz route's matmuls are replaced by FFTs
+    mixer, options = build_mixer("hyena", grid, long_conv="fft")
+    case = Case(h=grid[0], w=grid[1], C=WIDTH, opt=options)
+    counted = costs.count_module_flops(mixer.eval(), torch.randn(1, case.N, WIDTH))
+    assert options["long_conv"] == "fft" and counted == pytest.approx(hyena(case), rel=1e-6, abs=1)
+    assert counted != hyena(Case(h=grid[0], w=grid[1], C=WIDTH, opt={**options, "long_conv": "toeplitz"}))

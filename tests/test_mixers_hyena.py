@@ -1,5 +1,6 @@
-"""2-D Hyena: FFT convolution = direct causal 2-D convolution, separable implicit filters, the whole operator
-against a direct reference, CLS pass-through, float32 FFTs under bf16, optimiser marks, fixed-grid errors."""
+"""2-D Hyena: FFT and Toeplitz convolutions = direct causal 2-D convolution, separable implicit filters, the
+whole operator against a direct reference on both routes, CLS pass-through, float32 under bf16, optimiser
+marks, fixed-grid errors."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from mixerlab.backbone import count_parameters
 from mixerlab.build import build_backbone, compose_config
 from mixerlab.errors import ConfigError
 from mixers.contract import TokenLayout
-from mixers.hyena import Hyena2D, fft_conv2d
+from mixers.hyena import Hyena2D, fft_conv2d, toeplitz
 
 LAYOUT = TokenLayout(grid=(4, 4), num_prefix=1)
 
@@ -32,6 +33,17 @@ def test_fft_conv2d_is_the_direct_causal_linear_convolution():
     torch.manual_seed(0)
     u, k = torch.randn(2, 3, 4, 5), torch.randn(3, 4, 5)
     torch.testing.assert_close(fft_conv2d(u, k), direct_causal_conv2d(u, k), rtol=1e-4, atol=1e-5)
+
+
+def test_toeplitz_products_are_the_direct_causal_convolution_of_a_separable_kernel():
+    torch.manual_seed(0)
+    u, hx, hy = torch.randn(2, 3, 4, 5), torch.randn(3, 4), torch.randn(3, 5)
+    tx, ty = toeplitz(hx), toeplitz(hy)
+    assert torch.equal(tx[:, 2, 0], hx[:, 2]) and torch.equal(tx[:, 0, 2], torch.zeros(3))  # lower-triangular
+    k = hx[:, :, None] * hy[:, None, :]
+    torch.testing.assert_close(tx @ u @ ty.mT, direct_causal_conv2d(u, k), rtol=1e-4, atol=1e-5)
+    flipped = direct_causal_conv2d(u.flip(-2, -1), k).flip(-2, -1)  # both axes flipped = T^T on both sides
+    torch.testing.assert_close(tx.mT @ u @ ty, flipped, rtol=1e-4, atol=1e-5)
 
 
 def reference(m: Hyena2D, patches: torch.Tensor) -> torch.Tensor:
@@ -59,6 +71,33 @@ def test_hyena_is_its_equation_and_passes_cls_through():
     out = m(x)
     assert torch.equal(out[:, 0], x[:, 0])
     torch.testing.assert_close(out[:, 1:], reference(m, x[:, 1:]), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["4dir", "causal"])
+def test_toeplitz_and_fft_routes_give_the_same_mixer(mode):
+    torch.manual_seed(0)
+    routes = [Hyena2D(8, LAYOUT, filter_order=16, directional_mode=mode, long_conv=r) for r in ("toeplitz", "fft")]
+    routes[1].load_state_dict(routes[0].state_dict())
+    if mode == "4dir":
+        torch.nn.init.normal_(routes[0].directions.weight), routes[1].load_state_dict(routes[0].state_dict())
+    x = torch.randn(2, 17, 8, requires_grad=True)
+    outs = [r(x) for r in routes]
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-4, atol=1e-5)
+    grads = [torch.autograd.grad(o.square().sum(), [x, *r.parameters()]) for o, r in zip(outs, routes)]
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ConfigError, match=r"mixer\.long_conv='direct'"):
+        Hyena2D(8, LAYOUT, long_conv="direct")
+
+
+def test_toeplitz_route_runs_in_float32_under_bf16_autocast():
+    torch.manual_seed(0)
+    m = Hyena2D(8, LAYOUT, filter_order=16)
+    v, (hx, hy), d = torch.randn(2, 8, 4, 4).bfloat16(), m.filters(), m.bias.reshape(1, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = m.long_conv(v, hx[0], hy[0], d[0])
+    in_float32 = m.long_conv(v.float(), hx[0], hy[0], d[0])  # no autocast: float32 throughout
+    assert y.dtype == torch.bfloat16 and torch.equal(y, in_float32.bfloat16())
 
 
 def test_fft_runs_in_float32_under_bf16_autocast():
