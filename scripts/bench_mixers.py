@@ -4,15 +4,16 @@
     python scripts/bench_mixers.py --smoke --out /tmp/bench   # tiny grids: checks the script end to end
 
 Every mixer in ``conf/mixer/`` (discovered, so a new yaml is benchmarked with no change here), plus the
-variants in ``VARIANTS`` (Fibottention's ``sparse``, attention with SSA in training), is built from its yaml
+variants in ``VARIANTS`` (Fibottention's ``sparse``, attention with SSA in training, Hyena's FFT route), is built from its yaml
 at a fixed width (``--dim``, ``--heads``) on a square patch grid without CLS token, in training mode, and
 timed on one random batch (``--batch``): one warm-up, then the median of at least ``--repeats``
 forward+backward passes, more for fast points until ``--min-seconds`` of timed passes have run. Points
 predicted to exceed ``--max-memory-gb`` or ``--max-seconds`` (extrapolated from the mixer's last two points)
 are skipped and recorded as such; so is a grid a mixer refuses (a ``ConfigError`` from its constructor: a
 block size that does not divide the grid, ...), with the mixer's reason in ``mixers.csv``. The headline
-ratio of sparse Fibottention to dense attention is timed side by side, alternating the two
-``--pair-repeats`` times (median of the per-pair ratios), so load from other processes hits both alike.
+ratios in ``PAIRS`` (sparse Fibottention over dense attention, Hyena's Toeplitz route over its FFT route) are
+timed side by side, alternating the two ``--pair-repeats`` times (median of the per-pair ratios), so load
+from other processes hits both alike.
 Writes ``mixers.csv``, ``mixers.md`` (the same as a table), ``mixers.png`` (log-log time vs tokens) and
 ``summary.json`` to ``--out``; the fitted exponent is the least-squares slope of log time vs log tokens over
 the points with at least ``--fit-min-tokens`` tokens. The last stdout line is the headline JSON.
@@ -56,6 +57,12 @@ VARIANTS = {
     "fibottention_sparse": ["mixer=fibottention", "mixer.variant=sparse"],
     "attention_ssa": ["mixer=attention", "mixer.ssa={factor:4,local_bias:false}"],
     "attention_ssa_local": ["mixer=attention", "mixer.ssa={factor:4,local_bias:true}"],
+    "hyena_fft": ["mixer=hyena", "mixer.long_conv=fft"],
+}
+# headline key -> (baseline, other): time(other) / time(baseline), timed side by side
+PAIRS = {
+    "fibottention_sparse_over_attention": ("attention", "fibottention_sparse"),
+    "hyena_toeplitz_over_fft": ("hyena_fft", "hyena"),
 }
 
 
@@ -235,7 +242,7 @@ def run(args: argparse.Namespace) -> dict:
             print(f"{name:22s} {grid:4d}x{grid:<4d} {tokens:6d} tokens  {shown} {memory}", flush=True)
         points += mine
     grid = 56 if 56 in args.grids else max(args.grids)
-    ratio = paired_ratio(factories, "attention", "fibottention_sparse", grid, args)
+    ratios = {key: paired_ratio(factories, a, b, grid, args) for key, (a, b) in PAIRS.items()}
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -248,7 +255,7 @@ def run(args: argparse.Namespace) -> dict:
     }
     plot(points, exponents, out / "mixers.png", args)
     (out / "mixers.md").write_text(markdown_table(points, exponents, args))
-    return headline(points, exponents, ratio, grid, args, out)
+    return headline(points, exponents, ratios, grid, args, out)
 
 
 def markdown_table(points: list[Point], exponents: dict, args: argparse.Namespace) -> str:
@@ -299,7 +306,7 @@ def plot(points: list[Point], exponents: dict, path: Path, args: argparse.Namesp
 
 
 def headline(
-    points: list[Point], exponents: dict, ratio: float | None, grid: int, args: argparse.Namespace, out: Path
+    points: list[Point], exponents: dict, ratios: dict, grid: int, args: argparse.Namespace, out: Path
 ) -> dict:
     summary = {
         "benchmark": "bench_mixers",
@@ -312,7 +319,7 @@ def headline(
         "fit_min_tokens": args.fit_min_tokens,
         "exponents": {k: (round(v, 3) if v is not None else None) for k, v in exponents.items()},
         "ratio_tokens": grid * grid,
-        "fibottention_sparse_over_attention": round(ratio, 4) if ratio else None,
+        **{key: round(ratio, 4) if ratio else None for key, ratio in ratios.items()},
         "skipped": sum(p.status.startswith("skipped") for p in points),
         "failed": sum(p.status.startswith("failed") for p in points),
         "torch": torch.__version__,

@@ -40,7 +40,8 @@ def test_smoke_run_writes_csv_plot_and_headline_json(tmp_path):
     mixers = sorted(p.stem for p in (REPO / "conf" / "mixer").glob("*.yaml")) + list(VARIANTS)
     assert discover_mixers() == mixers and {"attention_ssa", "attention_ssa_local"} <= set(mixers)
     assert sorted(headline["exponents"]) == sorted(mixers)
-    assert headline["fibottention_sparse_over_attention"] > 0
+    assert headline["fibottention_sparse_over_attention"] > 0 and headline["hyena_toeplitz_over_fft"] > 0
+    assert "hyena_fft" in mixers  # the FFT route of 2-D Hyena, benchmarked beside the shipped Toeplitz one
     rows = list(csv.DictReader((tmp_path / "mixers.csv").open()))
     assert len(rows) == len(mixers) * len(headline["tokens"])
     for r in rows:  # measured, or skipped with the mixer's reason (a grid it refuses); never failed
