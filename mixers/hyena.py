@@ -16,8 +16,9 @@ uses that K is separable, K (*) v = T_x v T_y^T with T the lower-triangular Toep
 filter, and that a flip turns T into T^T, so the four directions are two matrix products,
 (a_1 T_x + a_2 T_x^T) v T_y^T + (a_3 T_x + a_4 T_x^T) v T_y, 4 h w (h + w) multiply-adds per channel;
 'fft' is the paper's route, the four flipped copies in the batch, each FFT zero-padded to 2h x 2w and
-cropped to [:h, :w]. The two agree to 2e-7 (relative); Toeplitz was 8.8-17x faster for training on this CPU
-at 8x8 to 112x112 grids (BENCHMARKS.md, "2-D Hyena: Toeplitz vs FFT"), as FFT work wins only beyond them. One Sin (learnable frequencies) and one PE are shared by the two axis filters (square grid).
+cropped to [:h, :w]. The two agree to 2e-7 (relative). Toeplitz was faster at every grid measured on this
+CPU, 8x8 to 112x112 (forward+backward 1.7-8.6x at batch 1, 17x at the proxy model's batch of 128;
+BENCHMARKS.md, "2-D Hyena: Toeplitz vs FFT"); FFTs should win only on larger grids. One Sin (learnable frequencies) and one PE are shared by the two axis filters (square grid).
 The decay rates delta are a buffer (safari's ``modulation_lr=0``). Optimiser treatment (safari
 ``OptimModule``: filter lr 1e-3, positional-embedding lr 1e-5, weight decay 0): marked ``_optim`` with
 ``lr_scale`` relative to the recipe's LR, 1.0 and 0.01 by default (1e-3 is the DeiT recipe's LR at a global
