@@ -60,6 +60,9 @@ def test_fitted_exponent_recovers_a_power_law():
 def test_points_predicted_over_budget_are_skipped(tmp_path):
     points = [Point("m", 8, 64, 1.0, 10.0, "ok"), Point("m", 16, 256, 4.0, 40.0, "ok")]
     assert predicted(points, 1024, "seconds") == pytest.approx(16.0)  # exponent 1 from the last two
+    # memory below the noise floor counts as the floor: a noisy first point must not be squared up
+    noisy = [Point("m", g, g * g, 1.0, mb, "ok") for g, mb in ((8, 11.9), (14, 2.3), (20, 4.9), (28, 7.6))]
+    assert predicted(noisy, 1600, "peak_mb", floor=8.0) == pytest.approx(8.0 * 1600 / 784)
     args = parse_args(["--smoke", "--mixers", "identity", "--max-seconds", "0", "--out", str(tmp_path)])
     summary = run(args)
     assert summary["skipped"] == 1  # the first size is always measured, then nothing fits in 0 s
