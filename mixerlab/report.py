@@ -13,15 +13,19 @@ from __future__ import annotations
 import csv
 import html
 import io
+import json
 import math
 import os
 import statistics
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from mixerlab.report_robustness import erf_markdown, robustness_markdown
-from mixerlab.sweep import SweepIndex, job_label, read_summary
+from mixerlab.sweep import SEED_KEY, SweepIndex, job_label, read_summary
 
 # (summary key, column title, decimals) of the numbers every run reports
 METRICS = (
@@ -34,6 +38,8 @@ METRICS = (
     ("step_memory_mb", "step mem MB", 1),
     ("wall_s", "wall s", 1),
 )
+# top-level config keys that say where a run logs and which sweep it is in, not what it computes
+BOOKKEEPING_KEYS = ("logger", "sweep")
 AGGREGATED = ("top1", "top5", "best_top1", "train_images_per_s", "step_memory_mb", "wall_s")
 
 
@@ -70,6 +76,32 @@ class RunRecord:
             if candidate.is_file():
                 return candidate
         return None
+
+    @cached_property
+    def config_key(self) -> str | None:
+        """What the run computes, apart from its seed and its bookkeeping: its resolved config without every
+        key named ``seed`` that holds the run's seed, without ``logger`` and ``sweep`` (where it logs, which
+        sweep it belongs to: a wandb group names the sweep) and with its own directory blanked from paths,
+        so that the seeds of one configuration pool across sweeps (one sweep per seed). None without a
+        readable config."""
+        path = self.config_path
+        try:
+            config = OmegaConf.to_container(OmegaConf.load(path)) if path else None
+        except Exception:  # noqa: BLE001 - an unreadable config only means the run is grouped by its sweep
+            return None
+        if not isinstance(config, dict):
+            return None
+        seed, run_dir = config.get(SEED_KEY), str(self.run_dir)
+
+        def strip(node):
+            if isinstance(node, dict):
+                return {k: strip(v) for k, v in node.items() if not (k == SEED_KEY and v == seed)}
+            if isinstance(node, list):
+                return [strip(v) for v in node]
+            return node.replace(run_dir, "<run>") if isinstance(node, str) else node
+
+        kept = {k: v for k, v in config.items() if k not in BOOKKEEPING_KEYS}
+        return json.dumps(strip(kept), sort_keys=True, default=str)
 
     def value(self, key: str) -> float | None:
         value = self.summary.get(key)
@@ -145,12 +177,26 @@ def collect_runs(sweep_dirs: list[Path]) -> list[RunRecord]:
 
 
 def group_by_config(runs: list[RunRecord]) -> list[ConfigGroup]:
-    """Completed runs grouped by sweep and everything they vary except the seed, best mean top-1 first."""
-    groups: dict[tuple[str, str], list[RunRecord]] = {}
+    """Completed runs of one configuration (``RunRecord.config_key``; without a config, of one sweep and
+    label) that differ only in their seed, best mean top-1 first. Runs of several sweeps pool when their
+    seeds differ; where a seed ran twice, each job keeps its own group (by sweep and label), so a
+    rerun never counts as another seed."""
+    configs: dict[tuple, list[RunRecord]] = {}
     for run in runs:
         if run.status == "completed":
-            groups.setdefault((run.sweep, run.config_label), []).append(run)
-    out = [ConfigGroup(sweep, label, members) for (sweep, label), members in groups.items()]
+            key = ("config", run.config_key) if run.config_key else ("sweep", run.sweep, run.config_label)
+            configs.setdefault(key, []).append(run)
+    out = []
+    for members in configs.values():
+        seeds = [run.summary.get(SEED_KEY) for run in members]
+        if len(set(seeds)) < len(seeds):
+            by_job: dict[tuple[str, str], list[RunRecord]] = {}
+            for run in members:
+                by_job.setdefault((run.sweep, run.config_label), []).append(run)
+            out += [ConfigGroup(sweep, label, part) for (sweep, label), part in by_job.items()]
+        else:
+            sweeps = " + ".join(dict.fromkeys(run.sweep for run in members))
+            out.append(ConfigGroup(sweeps, members[0].config_label, members))
     return sorted(out, key=lambda g: -(g.stat("top1")[0] or -1.0))
 
 

@@ -48,3 +48,28 @@ def make_sweep(root: Path, name: str = "mixer+seed-0123abcd") -> Path:
     index = {"name": name, "dir": str(sweep), "varied": ["mixer", "seed"], "jobs": jobs}
     (sweep / "sweep.json").write_text(json.dumps(index))
     return sweep
+
+
+def make_seed_sweep(root: Path, name: str, seed: int, runs: dict[str, tuple[float, float]]) -> Path:
+    """A sweep over mixers at one seed, as ``train.py -m seed=S mixer=a,b`` writes it: each run's resolved
+    config names the seed twice (``seed`` and ``data.seed``), its own directory and, in its wandb logger's
+    group and name, the sweep and the job. ``runs``: mixer -> (top1, recipe lr)."""
+    sweep = root / name
+    jobs = []
+    for num, (mixer, (top1, lr)) in enumerate(runs.items()):
+        job = f"mixer={mixer}"
+        run = sweep / job
+        run.mkdir(parents=True)
+        jobs.append({"job": job, "num": num, "overrides": [job, f"seed={seed}"], "choices": {"mixer": mixer},
+                     "run_dir": job, "status": "completed"})
+        (run / "config.yaml").write_text(
+            f"seed: {seed}\nmixer:\n  name: {mixer}\ndata:\n  seed: {seed}\n  val_seed: 0\n"
+            f"recipe:\n  lr: {lr}\ntrainer:\n  default_root_dir: {run}\n  callbacks:\n"
+            f"  - dirpath: {run}/checkpoints\nsweep:\n  name: {name}\n"
+            f"logger:\n  wandb:\n    group: {name}\n    name: {job},seed={seed}\n    save_dir: {run}\n")
+        (run / "summary.json").write_text(json.dumps({
+            "status": "completed", "mixer": mixer, "seed": seed, "params": 1000, "flops": 2.0e6,
+            "top1": top1, "wall_s": 10.0}))
+    (sweep / "sweep.json").write_text(json.dumps({"name": name, "dir": str(sweep), "varied": ["mixer"],
+                                                  "jobs": jobs}))
+    return sweep

@@ -11,7 +11,7 @@ import pytest
 
 from mixerlab.report import SweepReport, read_curves
 from scripts.report import main as report_main
-from tests.report_data import JOBS, make_sweep
+from tests.report_data import JOBS, make_seed_sweep, make_sweep
 
 
 @pytest.fixture(scope="module")
@@ -132,3 +132,29 @@ def test_report_shows_each_runs_step_memory_and_how_it_was_measured(written):
     groups = {g.label: g for g in report.groups}
     assert groups["mixer=attention"].stat("step_memory_mb") == (51.0, 1.0)
     assert groups["mixer=pooling"].stat("step_memory_mb")[0] == 23.0
+
+
+def test_one_sweep_per_seed_pools_the_seeds_of_each_configuration(tmp_path):
+    seed0 = make_seed_sweep(tmp_path, "mixer-aaaa0000", 0, {"attention": (60.0, 1e-3),
+                                                        "pooling": (40.0, 1e-3)})
+    seed1 = make_seed_sweep(tmp_path, "mixer-bbbb1111", 1, {"attention": (70.0, 1e-3),
+                                                        "pooling": (44.0, 1e-3)})
+    other_lr = make_seed_sweep(tmp_path, "mixer-cccc2222", 2, {"attention": (99.0, 5e-4)})
+    report = SweepReport([seed0, seed1, other_lr])
+    groups = {(g.label, len(g.runs)): g for g in report.groups}
+    assert sorted(groups) == [("mixer=attention", 1), ("mixer=attention", 2), ("mixer=pooling", 2)]
+    pooled = groups[("mixer=attention", 2)]
+    assert pooled.stat("top1") == (65.0, statistics.stdev([60.0, 70.0]))
+    assert {r.summary["seed"] for r in pooled.runs} == {0, 1}  # the other learning rate is its own row
+    assert groups[("mixer=attention", 1)].runs[0].summary["top1"] == 99.0
+    markdown = report.markdown(tmp_path, {})
+    assert "| mixer-aaaa0000 + mixer-bbbb1111: mixer=attention |" in markdown
+    assert "65.00 ± 7.07 (n=2)" in markdown
+
+
+def test_a_seed_run_again_in_another_sweep_is_not_counted_as_a_second_seed(tmp_path):
+    first = make_seed_sweep(tmp_path, "mixer-aaaa0000", 0, {"attention": (60.0, 1e-3)})
+    again = make_seed_sweep(tmp_path, "mixer-dddd3333", 0, {"attention": (61.0, 1e-3)})
+    report = SweepReport([first, again])
+    assert sorted((g.sweep, len(g.runs)) for g in report.groups) == [("mixer-aaaa0000", 1),
+                                                                       ("mixer-dddd3333", 1)]
