@@ -1,5 +1,5 @@
 """The sweep's Hydra callback: plans the sweep (mixerlab/sweep.py), keeps ``sweep.json`` current, and writes
-the report (mixerlab/report.py) when the multirun ends.
+the report (mixerlab/report/) when the multirun ends.
 
 It lives apart from both so that neither imports the other: the report reads sweeps, the sweep knows
 nothing of the report.

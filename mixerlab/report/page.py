@@ -1,31 +1,23 @@
-"""The sweep dashboard: which configuration wins, at what cost, on one offline page.
+"""The sweep dashboard: which configuration wins, at what cost, and which differences the seeds back.
 
-    sweep dirs (sweep.json + run dirs: summary.json, metrics.csv, config.yaml)
-        -> RunRecord per job (each job once: keyed by its run directory)
-        -> seeds of one configuration aggregated (mean ± std)
-        -> report.html (self-contained: inline CSS/JS, plots as inline SVG) and report.md (model-zoo table)
-
-``python scripts/report.py SWEEP_DIR [SWEEP_DIR ...]``; a multirun writes it by itself when it ends.
+    RunRecords and ConfigGroups (records.py)
+        -> per task: intervals, pairwise verdicts, seed-unstable flags; the cross-task aggregate (verdicts.py)
+        -> report.html (self-contained: inline CSS/JS, plots as inline SVG), report.md (model-zoo table) and
+           report.json (the statistics, machine-readable)
 """
 
 from __future__ import annotations
 
-import csv
 import html
-import io
-import json
 import math
 import os
-import statistics
 import time
-from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
-from mixerlab.report_robustness import erf_markdown, robustness_markdown
-from mixerlab.sweep import SEED_KEY, SweepIndex, job_label, read_summary
+from mixerlab.report.formatting import fmt, fmt_stat, rel_link, si
+from mixerlab.report.plots import clean_vs_shifted_plot, curves_plot, mixer_colors, scatter_plot
+from mixerlab.report.records import ConfigGroup, collect_runs, group_by_config
+from mixerlab.report.robustness import erf_gallery_html, erf_markdown, robustness_html, robustness_markdown
 
 # (summary key, column title, decimals) of the numbers every run reports
 METRICS = (
@@ -38,292 +30,11 @@ METRICS = (
     ("step_memory_mb", "step mem MB", 1),
     ("wall_s", "wall s", 1),
 )
-# top-level config keys that say where a run logs and which sweep it is in, not what it computes
-BOOKKEEPING_KEYS = ("logger", "sweep")
 AGGREGATED = ("top1", "top5", "best_top1", "train_images_per_s", "step_memory_mb", "wall_s")
-
-
-# ---------------------------------------------------------------------------------------------- records
-@dataclass
-class RunRecord:
-    sweep: str
-    job: str
-    choices: dict[str, str]
-    status: str
-    run_dir: Path
-    summary: dict = field(default_factory=dict)
-    error: str | None = None
-    attempts: int = 1
-    previous_errors: list[str] = field(default_factory=list)
-    curves: list[dict] = field(default_factory=list)
-
-    @property
-    def mixer(self) -> str:
-        return str(self.summary.get("mixer") or self.choices.get("mixer") or "?")
-
-    @property
-    def config_label(self) -> str:
-        """What the run varies apart from its seed; the mixer when it varies nothing else."""
-        return job_label(self.choices) or self.mixer
-
-    @property
-    def label(self) -> str:
-        return ",".join(f"{k}={v}" for k, v in self.choices.items()) or self.job
-
-    @property
-    def config_path(self) -> Path | None:
-        for candidate in (self.run_dir / "config.yaml", self.run_dir / ".hydra" / "config.yaml"):
-            if candidate.is_file():
-                return candidate
-        return None
-
-    @cached_property
-    def config_key(self) -> str | None:
-        """What the run computes, apart from its seed and its bookkeeping: its resolved config without every
-        key named ``seed`` that holds the run's seed, without ``logger`` and ``sweep`` (where it logs, which
-        sweep it belongs to: a wandb group names the sweep) and with its own directory blanked from paths,
-        so that the seeds of one configuration pool across sweeps (one sweep per seed). None without a
-        readable config."""
-        path = self.config_path
-        try:
-            config = OmegaConf.to_container(OmegaConf.load(path)) if path else None
-        except Exception:  # noqa: BLE001 - an unreadable config only means the run is grouped by its sweep
-            return None
-        if not isinstance(config, dict):
-            return None
-        seed, run_dir = config.get(SEED_KEY), str(self.run_dir)
-
-        def strip(node):
-            if isinstance(node, dict):
-                return {k: strip(v) for k, v in node.items() if not (k == SEED_KEY and v == seed)}
-            if isinstance(node, list):
-                return [strip(v) for v in node]
-            return node.replace(run_dir, "<run>") if isinstance(node, str) else node
-
-        kept = {k: v for k, v in config.items() if k not in BOOKKEEPING_KEYS}
-        return json.dumps(strip(kept), sort_keys=True, default=str)
-
-    def value(self, key: str) -> float | None:
-        value = self.summary.get(key)
-        return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
-
-
-@dataclass
-class ConfigGroup:
-    """Runs of one configuration that differ only in their seed."""
-
-    sweep: str
-    label: str
-    runs: list[RunRecord]
-
-    def stat(self, key: str) -> tuple[float | None, float | None]:
-        values = [v for r in self.runs if (v := r.value(key)) is not None]
-        if not values:
-            return None, None
-        return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
-
-    @property
-    def mixer(self) -> str:
-        return self.runs[0].mixer
-
-
-def read_curves(metrics_csv: Path) -> list[dict]:
-    """Per-epoch rows of metrics.csv; an epoch logged twice (a resumed run) keeps its last row."""
-    try:
-        with metrics_csv.open(newline="") as f:
-            rows = list(csv.DictReader(f))
-    except OSError:
-        return []
-    by_epoch: dict[int, dict] = {}
-    for row in rows:
-        try:
-            epoch = int(float(row.get("epoch") or ""))
-        except ValueError:
-            continue
-        values = {}
-        for key, text in row.items():
-            try:
-                values[key] = float(text)
-            except (TypeError, ValueError):
-                pass
-        by_epoch[epoch] = {**by_epoch.get(epoch, {}), **values}
-    return [by_epoch[e] for e in sorted(by_epoch)]
-
-
-def collect_runs(sweep_dirs: list[Path]) -> list[RunRecord]:
-    """One record per job across the sweep directories: the index names the jobs; each job's own files
-    give its status and numbers (the same run directory listed twice appears once)."""
-    records: dict[Path, RunRecord] = {}
-    for sweep_dir in sweep_dirs:
-        sweep_dir = Path(sweep_dir).resolve()
-        if (sweep_dir / "summary.json").is_file():  # a single run directory
-            summary = read_summary(sweep_dir) or {}
-            jobs = [{"job": sweep_dir.name, "run_dir": ".", "choices": {}, "status": summary.get("status")}]
-            name = sweep_dir.parent.name
-        else:
-            index = SweepIndex(sweep_dir).scan()
-            jobs, name = index["jobs"], index.get("name") or sweep_dir.name
-        for job in jobs:
-            run_dir = (sweep_dir / job["run_dir"]).resolve()
-            summary = read_summary(run_dir) or {}
-            records[run_dir] = RunRecord(
-                sweep=name, job=job["job"], choices=dict(job.get("choices") or {}),
-                status=str(job.get("status") or summary.get("status") or "pending"), run_dir=run_dir,
-                summary=summary, error=job.get("error") or summary.get("error"),
-                attempts=int(job.get("attempts") or 1),
-                previous_errors=list(job.get("previous_errors") or []),
-                curves=read_curves(run_dir / "metrics.csv"))
-    return list(records.values())
-
-
-def group_by_config(runs: list[RunRecord]) -> list[ConfigGroup]:
-    """Completed runs of one configuration (``RunRecord.config_key``; without a config, of one sweep and
-    label) that differ only in their seed, best mean top-1 first. Runs of several sweeps pool when their
-    seeds differ; where a seed ran twice, each job keeps its own group (by sweep and label), so a
-    rerun never counts as another seed."""
-    configs: dict[tuple, list[RunRecord]] = {}
-    for run in runs:
-        if run.status == "completed":
-            key = ("config", run.config_key) if run.config_key else ("sweep", run.sweep, run.config_label)
-            configs.setdefault(key, []).append(run)
-    out = []
-    for members in configs.values():
-        seeds = [run.summary.get(SEED_KEY) for run in members]
-        if len(set(seeds)) < len(seeds):
-            by_job: dict[tuple[str, str], list[RunRecord]] = {}
-            for run in members:
-                by_job.setdefault((run.sweep, run.config_label), []).append(run)
-            out += [ConfigGroup(sweep, label, part) for (sweep, label), part in by_job.items()]
-        else:
-            sweeps = " + ".join(dict.fromkeys(run.sweep for run in members))
-            out.append(ConfigGroup(sweeps, members[0].config_label, members))
-    return sorted(out, key=lambda g: -(g.stat("top1")[0] or -1.0))
-
-
-# ---------------------------------------------------------------------------------------------- formatting
-def si(value: float | None, digits: int = 3) -> str:
-    """7014656 -> 7.01M; 202954 -> 203K."""
-    if value is None:
-        return "—"
-    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(value) >= scale:
-            return f"{value / scale:.{digits}g}{unit}"
-    return f"{value:.{digits}g}"
-
-
-def fmt(value: float | None, decimals: int | None) -> str:
-    if value is None:
-        return "—"
-    return si(value) if decimals is None else f"{value:,.{decimals}f}"
-
-
-def fmt_stat(mean: float | None, std: float | None, decimals: int | None, n: int, unit: str = "") -> str:
-    """``97.10 ± 0.42% (n=3)``; a single run's value alone."""
-    if mean is None:
-        return "—"
-    if std is None:
-        return fmt(mean, decimals) + unit
-    return f"{fmt(mean, decimals)} ± {fmt(std, decimals)}{unit} (n={n})"
-
-
-def rel_link(target: Path | None, out_dir: Path) -> str | None:
-    return None if target is None else Path(os.path.relpath(target, out_dir)).as_posix()
-
-
-# ---------------------------------------------------------------------------------------------- plots
-def _mixer_colors(runs: list[RunRecord]) -> dict[str, str]:
-    palette = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
-               "#bcbd22", "#7f7f7f"]
-    mixers = sorted({r.mixer for r in runs})
-    return {m: palette[i % len(palette)] for i, m in enumerate(mixers)}
-
-
-def _svg(fig) -> str:
-    import matplotlib.pyplot as plt
-
-    buffer = io.StringIO()
-    fig.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None})
-    plt.close(fig)
-    text = buffer.getvalue()
-    return text[text.index("<svg"):]  # drop the XML prolog and doctype: inlined into HTML
-
-
-def scatter_plot(runs: list[RunRecord], x_key: str, x_label: str) -> str | None:
-    """Top-1 against a cost, one point per completed run, labelled by mixer (and its other choices)."""
-    points = [(r.value(x_key), r.value("top1"), r) for r in runs if r.status == "completed"]
-    points = [(x, y, r) for x, y, r in points if x is not None and y is not None and x > 0]
-    if not points:
-        return None
-    import matplotlib.pyplot as plt
-
-    colors = _mixer_colors(runs)
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for mixer in colors:
-        mine = [(x, y) for x, y, r in points if r.mixer == mixer]
-        if mine:
-            ax.scatter(*zip(*mine, strict=True), s=46, color=colors[mixer], label=mixer, zorder=3)
-    for x, y, r in points:
-        others = ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in r.choices.items() if k != "mixer")
-        text = r.mixer + (f" ({others})" if others else "")
-        ax.annotate(text, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
-    from matplotlib.ticker import EngFormatter
-
-    xs = [x for x, _, _ in points]
-    if max(xs) / min(xs) > 20:
-        ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(EngFormatter(sep=""))
-    ax.set_xlabel(x_label)
-    ax.set_ylabel("top-1 accuracy (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, title="mixer", title_fontsize=8)
-    return _svg(fig)
-
-
-def curves_plot(runs: list[RunRecord]) -> str | None:
-    """Validation top-1 and training loss per epoch, every run overlaid, coloured by mixer."""
-    runs = [r for r in runs if r.curves]
-    if not runs:
-        return None
-    import matplotlib.pyplot as plt
-
-    colors = _mixer_colors(runs)
-    dashes = ["-", "--", ":", "-."]
-    fig, (top1_ax, loss_ax) = plt.subplots(1, 2, figsize=(11, 4.0))
-    seen: dict[str, int] = {}
-    for run in runs:
-        nth = seen[run.mixer] = seen.get(run.mixer, -1) + 1  # runs of one mixer: one colour, other dashes
-        done = run.status == "completed"
-        style = dict(color=colors[run.mixer], marker="o" if done else "x", markersize=3 if done else 5,
-                     linewidth=1.4, linestyle=dashes[nth % len(dashes)], alpha=1.0 if done else 0.6,
-                     label=run.label + ("" if done else f" ({run.status})"))
-        for ax, key in ((top1_ax, "val/top1"), (loss_ax, "train/loss")):
-            rows = [(row["epoch"], row[key]) for row in run.curves if key in row and math.isfinite(row[key])]
-            if rows:
-                ax.plot(*zip(*rows, strict=True), **style)
-    top1_ax.set(xlabel="epoch", ylabel="val top-1 (%)", title="validation top-1")
-    loss_ax.set(xlabel="epoch", ylabel="train loss", title="training loss")
-    for ax in (top1_ax, loss_ax):
-        ax.grid(alpha=0.3)
-        ax.xaxis.get_major_locator().set_params(integer=True)
-    handles, labels = top1_ax.get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8,
-                   bbox_to_anchor=(0.5, -0.02 - 0.05 * math.ceil(len(labels) / 4)))
-    return _svg(fig)
-
-
-# ---------------------------------------------------------------------------------------------- robustness
-def robustness_plots(runs: list[RunRecord]) -> dict[str, tuple[str, str | None]]:
-    from mixerlab.report_robustness import clean_vs_shifted_plot
-
-    return {"clean_vs_shifted": ("Clean against shifted top-1 (eval.json; one point per run and set).",
-                                 clean_vs_shifted_plot(runs, _mixer_colors(runs)))}
 
 
 def robustness_sections(groups: list[ConfigGroup]) -> list[str]:
     """The robustness table and the receptive-field gallery, when runs were evaluated (``eval.py``)."""
-    from mixerlab.report_robustness import erf_gallery_html, robustness_html
-
     parts = []
     table = robustness_html(groups)
     if table:
@@ -504,7 +215,8 @@ class SweepReport:
                                        scatter_plot(self.runs, "train_images_per_s", "train images / s")),
                 "training_curves": ("Validation top-1 and training loss per epoch (crosses: not completed).",
                                     curves_plot(self.runs)),
-                **robustness_plots(self.runs),
+                "clean_vs_shifted": ("Clean against shifted top-1 (eval.json; one point per run and set).",
+                                     clean_vs_shifted_plot(self.runs, mixer_colors(self.runs))),
             }
         return {name: (caption, svg) for name, (caption, svg) in made.items() if svg}
 
