@@ -9,15 +9,34 @@
 from __future__ import annotations
 
 import html
+import json
 import math
 import os
+import shlex
 import time
+from functools import cached_property
 from pathlib import Path
 
-from mixerlab.report.formatting import fmt, fmt_stat, rel_link, si
-from mixerlab.report.plots import clean_vs_shifted_plot, curves_plot, mixer_colors, scatter_plot
+from mixerlab.report.formatting import fmt, fmt_interval, fmt_stat, rel_link, si
+from mixerlab.report.plots import (
+    clean_vs_shifted_plot,
+    curves_plot,
+    interval_plot,
+    mixer_colors,
+    scatter_plot,
+)
 from mixerlab.report.records import ConfigGroup, collect_runs, group_by_config
 from mixerlab.report.robustness import erf_gallery_html, erf_markdown, robustness_html, robustness_markdown
+from mixerlab.report.verdicts import (
+    METHODS,
+    SEEDS_SHOWN,
+    ConfigCell,
+    ReportStatistics,
+    TaskStatistics,
+    report_statistics,
+    statistics_json,
+)
+from mixerlab.sweep import SEED_KEY
 
 # (summary key, column title, decimals) of the numbers every run reports
 METRICS = (
@@ -30,6 +49,9 @@ METRICS = (
     ("step_memory_mb", "step mem MB", 1),
     ("wall_s", "wall s", 1),
 )
+INTERVALS_CAPTION = ("Top-1 per configuration and task: 95% t interval (bar), mean (diamond), seeds "
+                     "(circles); chance dashed, the learned threshold dotted. A faint bar: one seed, "
+                     "no interval.")
 AGGREGATED = ("top1", "top5", "best_top1", "train_images_per_s", "step_memory_mb", "wall_s")
 
 
@@ -95,7 +117,7 @@ document.querySelectorAll("table.sortable").forEach(function (table) {
 
 
 class SweepReport:
-    """report.html + report.md for one or more sweep directories."""
+    """report.html, report.md and report.json for one or more sweep directories."""
 
     def __init__(self, sweep_dirs: list[str | Path]) -> None:
         self.sweep_dirs = [Path(d).resolve() for d in sweep_dirs]
@@ -106,31 +128,133 @@ class SweepReport:
         self.groups = group_by_config(self.runs)
         self.sweeps = list(dict.fromkeys(r.sweep for r in self.runs)) or [d.name for d in self.sweep_dirs]
         self.varied = list(dict.fromkeys(k for r in self.runs for k in r.choices if k != "mixer"))
+        self.json_path: Path | None = None  # report.json, once written
+
+    @cached_property
+    def statistics(self) -> ReportStatistics:
+        return report_statistics(self.groups)
 
     # ------------------------------------------------------------------ the answer
     def answer_lines(self) -> list[str]:
-        """Which configuration wins, and the cheapest and fastest ones within a point of it."""
+        """Per task: "X ahead of Y" only when Holm separates the top two configurations; otherwise no
+        verdict, and the command that adds seeds. Then the cheapest and the fastest configurations that the
+        top one is not separated from."""
         if not self.groups:
             return ["No completed run yet."]
-        best = self.groups[0]
-        best_top1 = best.stat("top1")[0] or 0.0
-
-        def describe(group: ConfigGroup) -> str:
-            mean, std = group.stat("top1")
-            first = group.runs[0]
-            return (f"{group.label}: top-1 {fmt_stat(mean, std, 2, len(group.runs), '%')}, "
-                    f"{si(first.value('params'))} params, {si(first.value('flops'))} FLOPs/img, "
-                    f"{fmt(group.stat('train_images_per_s')[0], 1)} train img/s")
-
-        lines = [f"Best top-1 — {describe(best)}"]
-        close = [g for g in self.groups if (g.stat("top1")[0] or 0.0) >= best_top1 - 1.0]
-        cheapest = min(close, key=lambda g: g.runs[0].value("flops") or math.inf)
-        fastest = max(close, key=lambda g: g.stat("train_images_per_s")[0] or 0.0)
-        if cheapest is not best:
-            lines.append(f"Fewest FLOPs within 1 point of the best — {describe(cheapest)}")
-        if fastest is not best and fastest is not cheapest:
-            lines.append(f"Fastest training within 1 point of the best — {describe(fastest)}")
+        multi = len(self.statistics.tasks) > 1
+        lines = []
+        for task in self.statistics.tasks:
+            prefix = f"{task.task.label}: " if multi else ""
+            lines += [prefix + line for line in self._task_answer(task)]
         return lines
+
+    @staticmethod
+    def _describe(cell: ConfigCell) -> str:
+        first = cell.group.runs[0]
+        return (f"{cell.row}: top-1 {cell.describe()}, {si(first.value('params'))} params, "
+                f"{si(first.value('flops'))} FLOPs/img, "
+                f"{fmt(cell.group.stat('train_images_per_s')[0], 1)} train img/s")
+
+    def _task_answer(self, task: TaskStatistics) -> list[str]:
+        if not task.cells:
+            return []
+        top = task.cells[0]
+        if len(task.cells) == 1:
+            return [f"One configuration, nothing to compare — {self._describe(top)}"]
+        second = task.cells[1]
+        pair = task.pair(top, second)
+        if pair is not None and pair.separated:
+            c = pair.comparison
+            lines = [f"{top.row} ahead of {second.row} (Holm-Bonferroni over {len(task.pairs)} pair"
+                     f"{'' if len(task.pairs) == 1 else 's'}, alpha {self.statistics.alpha:g}): difference "
+                     f"{c.diff:+.2f} {fmt_interval(c.interval.low, c.interval.high)} points, P(improvement) "
+                     f"{c.prob_improvement:.2f} — {self._describe(top)}"]
+        else:
+            why = ("differ in more than one config key (not compared)" if pair is None
+                   else f"not separated at {pair.seeds} seed{'' if pair.seeds == 'n=1' else 's'}")
+            estimate = "" if pair is None else f" (seeds to separate: {pair.seeds_to_separate})"
+            lines = [f"No verdict: top two ({top.row} {top.summary.mean:.2f}, {second.row} "
+                     f"{second.summary.mean:.2f}) {why}{estimate}; run more seeds: "
+                     + self.next_command([top, second], pair.seeds_needed if pair else None)]
+        others = [c for c in task.cells[1:] if (p := task.pair(top, c)) is not None and not p.separated]
+        if others:
+            close = [top, *others]
+            cheapest = min(close, key=lambda c: c.group.runs[0].value("flops") or math.inf)
+            fastest = max(close, key=lambda c: c.group.stat("train_images_per_s")[0] or 0.0)
+            if cheapest is not top:
+                lines.append(f"Fewest FLOPs among those not separated from {top.row} — "
+                             f"{self._describe(cheapest)}")
+            if fastest is not top and fastest is not cheapest:
+                lines.append(f"Fastest training among those not separated from {top.row} — "
+                             f"{self._describe(fastest)}")
+        return lines
+
+    @staticmethod
+    def next_command(cells: list[ConfigCell], seeds_needed: int | None) -> str:
+        """The sweep of these configurations again on new seeds (their runs' overrides, seed replaced): as
+        many as the estimate says separate them, up to 10 in all; 5 in all when there is no estimate. The
+        report pools the new sweep's seeds with these when given both sweep directories."""
+        runs = [run for cell in cells for run in cell.group.runs]
+        values: dict[str, list[str]] = {}
+        for run in runs:
+            for override in run.overrides or [f"{k}={v}" for k, v in run.choices.items()]:
+                key, _, value = override.partition("=")
+                if key.lstrip("+~") != SEED_KEY and value not in values.setdefault(key, []):
+                    values[key].append(value)
+        have = min(cell.n for cell in cells)
+        total = min(SEEDS_SHOWN, max(have + 1, seeds_needed if seeds_needed else 5))
+        used = {run.summary.get(SEED_KEY) for run in runs}
+        new = [s for s in range(len(used) + total) if s not in used][:max(1, total - have)]
+        parts = [f"{key}={','.join(vals)}" for key, vals in values.items() if vals != [""]]
+        return shlex.join(["python", "train.py", "-m", *parts, f"seed={','.join(map(str, new))}"])
+
+    # ------------------------------------------------------------------ the statistics section
+    def statistics_tables(self) -> list[tuple[str, str, list[str], list[list[str]]]]:
+        """(id, title, heads, rows) of the statistics section, the same figures in HTML and Markdown."""
+        tables = []
+        for number, task in enumerate(self.statistics.tasks):
+            chance = "" if task.task.chance is None else f", chance {task.task.chance:.1f}%"
+            rows = []
+            for cell in task.cells:
+                interval = cell.summary.interval
+                stable = not cell.unstable
+                rows.append([cell.row, str(cell.n), f"{cell.summary.mean:.2f}" if stable else "—",
+                             (fmt_interval(interval.low, interval.high) if interval.bounded else "n=1: none")
+                             if stable else "—",
+                             ", ".join(f"{v:.2f}" for v in cell.values),
+                             "" if stable else "seed-unstable: " + cell.describe()])
+            tables.append((f"cells-{number}", f"Configurations on {task.task.label}{chance}",
+                           ["configuration", "n", "mean top-1 %", "95% t interval", "seeds", "note"], rows))
+            if task.pairs:
+                rows = [[p.contrast, f"{p.comparison.diff:+.2f}",
+                         fmt_interval(p.comparison.interval.low, p.comparison.interval.high),
+                         f"{p.comparison.prob_improvement:.2f} "
+                         + fmt_interval(p.comparison.prob_interval.low, p.comparison.prob_interval.high),
+                         f"{p.comparison.p_value:.3g}", p.verdict, p.seeds_to_separate] for p in task.pairs]
+                tables.append((f"pairs-{number}", f"Pairs on {task.task.label} (one config key apart; "
+                               f"Holm-Bonferroni over its {len(task.pairs)} pair"
+                               f"{'' if len(task.pairs) == 1 else 's'}, alpha {self.statistics.alpha:g})",
+                               ["pair (A vs B)", "A − B top-1", "95% Welch interval", "P(A > B) [95%]",
+                                "p (Welch, uncorrected)", "verdict", "seeds to separate"], rows))
+        if self.statistics.aggregate:
+            rows = [[r.row, ", ".join(r.tasks), str(r.runs), f"{r.iqm:.3f}",
+                     fmt_interval(r.interval.low, r.interval.high, 3)] for r in self.statistics.aggregate]
+            tables.append(("aggregate", "Across tasks: IQM of chance-normalised top-1",
+                           ["configuration", "tasks", "runs", "IQM", "95% stratified bootstrap"], rows))
+        return tables
+
+    def unstable_notes(self) -> list[str]:
+        return [f"{cell.row} on {task.task.label} is seed-unstable: {cell.describe()}; a seed counts as "
+                f"learned above {task.threshold:.2f}% ({task.threshold_source})"
+                for task in self.statistics.tasks for cell in task.cells if cell.unstable]
+
+    def method_lines(self) -> list[str]:
+        return [f"{name.replace('_', ' ')}: {text}" for name, text in METHODS.items()]
+
+    def statistics_json(self) -> dict:
+        """report.json: the statistics section's figures, the headline and the methods."""
+        return {"sweeps": self.sweeps, "status": self.status_line(), "headline": self.answer_lines(),
+                "unstable": self.unstable_notes(), **statistics_json(self.statistics)}
 
     def memory_note(self) -> str | None:
         """How the runs' step memory was measured (summary.json ``step_memory_method`` and batch)."""
@@ -209,6 +333,8 @@ class SweepReport:
 
         with plt.rc_context({"svg.fonttype": "none", "svg.hashsalt": "mixerlab"}):
             made = {
+                "intervals": (INTERVALS_CAPTION,
+                              interval_plot(self.statistics.tasks, mixer_colors(self.runs))),
                 "top1_vs_flops": ("Top-1 against forward FLOPs per image (one point per run).",
                                   scatter_plot(self.runs, "flops", "forward FLOPs per image")),
                 "top1_vs_throughput": ("Top-1 against training throughput (one point per run).",
@@ -231,8 +357,9 @@ class SweepReport:
             f'<p class="meta">{html.escape(self.status_line())} · generated '
             f'{time.strftime("%Y-%m-%d %H:%M")} · ' + " · ".join(html.escape(str(d)) for d in self.sweep_dirs)
             + "</p>",
-            '<div class="answer">' + "<br>".join(html.escape(line) for line in self.answer_lines())
-            + "</div>",
+            '<div class="answer" id="answer">'
+            + "<br>".join(html.escape(line) for line in self.answer_lines()) + "</div>",
+            *self._statistics_html(plots),
             "<h2>Runs</h2><p class=\"meta\">Click a column header to sort.</p>", self._runs_table(out_dir),
         ]
         if self.memory_note():
@@ -242,17 +369,48 @@ class SweepReport:
         parts += robustness_sections(self.groups)
         parts.append('<h2>Plots</h2><div class="plots">')
         for name, (caption, svg) in plots.items():
+            if name == "intervals":  # the main picture: at the top, with the verdicts
+                continue
             parts.append(f'<figure id="{name}">{svg}<figcaption>{html.escape(caption)}</figcaption></figure>')
         parts.append("</div>")
-        if not plots:
+        if not set(plots) - {"intervals"}:
             parts.append("<p>No completed run to plot yet.</p>")
         parts.append(f"<script>{SORT_JS}</script></body></html>")
         return "\n".join(parts)
+
+    def _statistics_html(self, plots: dict[str, tuple[str, str]]) -> list[str]:
+        if not self.statistics.tasks:
+            return []
+        parts = ["<h2>Intervals and verdicts (top-1 %)</h2>"]
+        if "intervals" in plots:
+            caption, svg = plots["intervals"]
+            parts.append(f'<figure id="intervals">{svg}<figcaption>{html.escape(caption)}</figcaption>'
+                         "</figure>")
+        for table_id, title, heads, rows in self.statistics_tables():
+            parts.append(f"<h3>{html.escape(title)}</h3>")
+            parts.append(f'<table id="{table_id}" class="stats"><thead><tr>'
+                         + "".join(f'<th scope="col">{html.escape(h)}</th>' for h in heads)
+                         + "</tr></thead><tbody>")
+            for row in rows:
+                cells = [f"<td>{html.escape(row[0])}</td>"]
+                cells += [f'<td class="{"note" if not c[:1].isdigit() and c[:1] not in "+−-[" else "num"}">'
+                          f"{html.escape(c)}</td>" for c in row[1:]]
+                parts.append("<tr>" + "".join(cells) + "</tr>")
+            parts.append("</tbody></table>")
+        notes = self.unstable_notes()
+        if notes:
+            parts.append('<h3>Seed-unstable configurations</h3><ul id="unstable">'
+                         + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
+        parts.append('<details class="meta" id="methods"><summary>Methods</summary><ul>'
+                     + "".join(f"<li>{html.escape(line)}</li>" for line in self.method_lines())
+                     + "</ul></details>")
+        return parts
 
     # ------------------------------------------------------------------ markdown
     def markdown(self, out_dir: Path, plot_files: dict[str, Path]) -> str:
         lines = [f"# Sweep report: {', '.join(self.sweeps)}", "", self.status_line(), ""]
         lines += [f"- {line}" for line in self.answer_lines()] + [""]
+        lines += self._statistics_markdown(out_dir, plot_files)
         lines += ["## Results", "", "| model | params | FLOPs | top-1 | step mem MB | wall s | config |",
                   "|---|---:|---:|---:|---:|---:|---|"]
         for group in self.groups:
@@ -281,12 +439,30 @@ class SweepReport:
         lines += [""] + robustness_markdown(self.groups) + erf_markdown(self.groups, out_dir)
         if plot_files:
             lines += ["", "## Plots", ""]
-            lines += [f"![{name}]({rel_link(path, out_dir)})" for name, path in plot_files.items()]
+            lines += [f"![{name}]({rel_link(path, out_dir)})" for name, path in plot_files.items()
+                      if name != "intervals"]
         return "\n".join(lines) + "\n"
+
+    def _statistics_markdown(self, out_dir: Path, plot_files: dict[str, Path]) -> list[str]:
+        if not self.statistics.tasks:
+            return []
+        lines = ["## Intervals and verdicts (top-1 %)", ""]
+        if "intervals" in plot_files:
+            lines += [f"![intervals]({rel_link(plot_files['intervals'], out_dir)})", ""]
+        for _, title, heads, rows in self.statistics_tables():
+            lines += [f"### {title}", "", "| " + " | ".join(heads) + " |",
+                      "|---|" + "---:|" * (len(heads) - 1)]
+            lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in rows] + [""]
+        notes = self.unstable_notes()
+        if notes:
+            lines += ["### Seed-unstable configurations", "", *[f"- {n}" for n in notes], ""]
+        lines += ["### Methods", "", *[f"- {line}" for line in self.method_lines()], ""]
+        return lines
 
     # ------------------------------------------------------------------ files
     def write(self, out_dir: str | Path | None = None) -> tuple[Path, Path]:
-        """Write report.html, report.md and report_files/*.svg (for the Markdown); returns both paths."""
+        """Write report.html, report.md, report.json and report_files/*.svg (for the Markdown); returns the
+        HTML and Markdown paths; ``json_path`` holds the third."""
         from mixerlab.run import atomic_write_text
 
         if out_dir is None:
@@ -301,4 +477,7 @@ class SweepReport:
         html_path, md_path = out_dir / "report.html", out_dir / "report.md"
         atomic_write_text(html_path, self.html(out_dir, plots))
         atomic_write_text(md_path, self.markdown(out_dir, plot_files))
+        self.json_path = out_dir / "report.json"
+        atomic_write_text(self.json_path, json.dumps(self.statistics_json(), indent=1, allow_nan=False)
+                          + "\n")
         return html_path, md_path

@@ -129,3 +129,58 @@ def clean_vs_shifted_plot(runs, colors: dict[str, str]) -> str | None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=1 + len(names) // 6, loc="upper left")
     return svg(fig)
+
+
+def interval_plot(tasks, colors: dict[str, str]) -> str | None:
+    """The report's main picture: per task (one panel each), one row per configuration with its 95% t
+    interval (bar), mean (diamond) and seeds (open circles); chance dashed, the learned threshold dotted.
+    A one-seed row has no interval: a faint bar spans the axis. ``tasks``: verdicts.TaskStatistics."""
+    tasks = [t for t in tasks if t.cells]
+    if not tasks:
+        return None
+    import matplotlib.pyplot as plt
+
+    rows = list(dict.fromkeys(c.row for t in tasks for c in t.cells))
+    height = 0.9 + 0.42 * len(rows)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(min(4.2 * len(tasks) + 2.2, 13.5), height),
+                             sharey=True, squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        values = [v for c in task.cells for v in c.values]
+        low = min([*values, task.task.chance if task.task.chance is not None else min(values)])
+        high = max(values)
+        finite = [b for c in task.cells for b in (c.summary.interval.low, c.summary.interval.high)
+                  if math.isfinite(b)]
+        low, high = min([low, *finite]), max([high, *finite])
+        pad = max(1.0, 0.06 * (high - low))
+        left, right = max(0.0, low - pad), min(100.0, high + pad)
+        if right - left < 2:
+            left, right = left - 1, right + 1
+        for cell in task.cells:
+            y = rows.index(cell.row)
+            color = colors.get(cell.group.mixer, "#444")
+            interval = cell.summary.interval
+            if interval.bounded:
+                ax.plot([max(interval.low, left), min(interval.high, right)], [y, y], color=color,
+                        linewidth=3.2, solid_capstyle="butt", alpha=0.85, zorder=2)
+            else:
+                ax.plot([left, right], [y, y], color=color, linewidth=3.2, alpha=0.15, zorder=1)
+            ax.scatter(cell.values, [y] * len(cell.values), s=22, facecolors="white", edgecolors=color,
+                       linewidths=1.1, zorder=3)
+            ax.scatter([cell.summary.mean], [y], marker="D", s=30, color=color, zorder=4)
+            note = f"n={cell.n}" + (" · seed-unstable" if cell.unstable else "")
+            ax.annotate(note, (right, y), xytext=(-2, 5), textcoords="offset points", ha="right", fontsize=7,
+                        color="#a33" if cell.unstable else "#555")
+        if task.task.chance is not None and left <= task.task.chance <= right:
+            ax.axvline(task.task.chance, color="#777", linestyle="--", linewidth=1, label="chance")
+        if task.threshold is not None and left <= task.threshold <= right:
+            ax.axvline(task.threshold, color="#b58900", linestyle=":", linewidth=1.2, label="learned above")
+        ax.set_xlim(left, right)
+        ax.set_title(task.task.label, fontsize=10)
+        ax.set_xlabel("top-1 accuracy (%)")
+        ax.grid(axis="x", alpha=0.3)
+    axes[0][0].set_yticks(range(len(rows)), rows, fontsize=9)
+    axes[0][0].set_ylim(len(rows) - 0.5, -0.5)  # first row on top
+    handles = {label: h for ax in axes[0] for h, label in zip(*ax.get_legend_handles_labels(), strict=True)}
+    if handles:
+        axes[0][-1].legend(handles.values(), handles.keys(), fontsize=7, loc="lower right")
+    return svg(fig)

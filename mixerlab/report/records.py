@@ -57,6 +57,7 @@ class RunRecord:
     attempts: int = 1
     previous_errors: list[str] = field(default_factory=list)
     curves: list[dict] = field(default_factory=list)
+    overrides: list[str] = field(default_factory=list)  # the job's command-line overrides (sweep.json)
 
     @property
     def mixer(self) -> str:
@@ -205,7 +206,7 @@ def collect_runs(sweep_dirs: list[Path]) -> list[RunRecord]:
                 summary=summary, error=job.get("error") or summary.get("error"),
                 attempts=int(job.get("attempts") or 1),
                 previous_errors=list(job.get("previous_errors") or []),
-                curves=read_curves(run_dir / "metrics.csv"))
+                curves=read_curves(run_dir / "metrics.csv"), overrides=list(job.get("overrides") or []))
     return list(records.values())
 
 
