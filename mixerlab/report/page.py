@@ -68,6 +68,14 @@ def robustness_sections(groups: list[ConfigGroup]) -> list[str]:
     return parts
 
 
+def _numeric_columns(rows: list[list[str]]) -> list[bool]:
+    """Columns whose every cell is a figure (or an interval): right-aligned; the first column never is."""
+    def figure(cell: str) -> bool:
+        return cell[:1].isdigit() or cell[:1] in "+−-[" or cell in ("—", "")
+
+    return [i > 0 and all(figure(row[i]) for row in rows) for i in range(len(rows[0]) if rows else 0)]
+
+
 # ---------------------------------------------------------------------------------------------- the report
 PAGE_CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:24px auto;max-width:1280px;
@@ -378,6 +386,11 @@ class SweepReport:
         parts.append(f"<script>{SORT_JS}</script></body></html>")
         return "\n".join(parts)
 
+    @staticmethod
+    def _unstable_html(notes: list[str]) -> str:
+        return ('<h3>Seed-unstable configurations</h3><ul id="unstable">'
+                + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
+
     def _statistics_html(self, plots: dict[str, tuple[str, str]]) -> list[str]:
         if not self.statistics.tasks:
             return []
@@ -386,21 +399,24 @@ class SweepReport:
             caption, svg = plots["intervals"]
             parts.append(f'<figure id="intervals">{svg}<figcaption>{html.escape(caption)}</figcaption>'
                          "</figure>")
+        notes = self.unstable_notes()
         for table_id, title, heads, rows in self.statistics_tables():
+            if table_id == "aggregate" and notes:  # pairs, then the unstable cells, then the aggregate
+                parts.append(self._unstable_html(notes))
+                notes = []
             parts.append(f"<h3>{html.escape(title)}</h3>")
             parts.append(f'<table id="{table_id}" class="stats"><thead><tr>'
                          + "".join(f'<th scope="col">{html.escape(h)}</th>' for h in heads)
                          + "</tr></thead><tbody>")
+            numeric = _numeric_columns(rows)
             for row in rows:
                 cells = [f"<td>{html.escape(row[0])}</td>"]
-                cells += [f'<td class="{"note" if not c[:1].isdigit() and c[:1] not in "+−-[" else "num"}">'
-                          f"{html.escape(c)}</td>" for c in row[1:]]
+                cells += [f'<td class="{"num" if numeric[i] else "note"}">{html.escape(c)}</td>'
+                          for i, c in enumerate(row[1:], 1)]
                 parts.append("<tr>" + "".join(cells) + "</tr>")
             parts.append("</tbody></table>")
-        notes = self.unstable_notes()
         if notes:
-            parts.append('<h3>Seed-unstable configurations</h3><ul id="unstable">'
-                         + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
+            parts.append(self._unstable_html(notes))
         parts.append('<details class="meta" id="methods"><summary>Methods</summary><ul>'
                      + "".join(f"<li>{html.escape(line)}</li>" for line in self.method_lines())
                      + "</ul></details>")
@@ -449,11 +465,14 @@ class SweepReport:
         lines = ["## Intervals and verdicts (top-1 %)", ""]
         if "intervals" in plot_files:
             lines += [f"![intervals]({rel_link(plot_files['intervals'], out_dir)})", ""]
-        for _, title, heads, rows in self.statistics_tables():
-            lines += [f"### {title}", "", "| " + " | ".join(heads) + " |",
-                      "|---|" + "---:|" * (len(heads) - 1)]
-            lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in rows] + [""]
         notes = self.unstable_notes()
+        for table_id, title, heads, rows in self.statistics_tables():
+            if table_id == "aggregate" and notes:  # pairs, then the unstable cells, then the aggregate
+                lines += ["### Seed-unstable configurations", "", *[f"- {n}" for n in notes], ""]
+                notes = []
+            lines += [f"### {title}", "", "| " + " | ".join(heads) + " |",
+                      "|" + "".join("---:|" if n else "---|" for n in _numeric_columns(rows)) + ""]
+            lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in rows] + [""]
         if notes:
             lines += ["### Seed-unstable configurations", "", *[f"- {n}" for n in notes], ""]
         lines += ["### Methods", "", *[f"- {line}" for line in self.method_lines()], ""]

@@ -37,7 +37,8 @@ METHODS = {
     "seeds_to_separate": "seeds per configuration for 80% power of a t-test at alpha / pairs of the task "
                          "(Holm's strictest step), if the observed difference and spread are the truth",
     "seed_unstable": "some seeds above the threshold and some not; threshold: the identity mixer's upper "
-                     "t bound on the task, else chance + 10% of (100 − chance); learn rate: Wilson interval",
+                     "t bound on the task, and at least chance + 10% of (100 − chance) (a bound of a mean is "
+                     "no range for single seeds); learn rate: Wilson interval",
     "aggregate": "IQM of chance-normalised top-1 ((top-1 − chance) / (100 − chance)) over every run on every "
                  "task, stratified bootstrap interval (runs resampled within their task)",
 }
@@ -116,8 +117,10 @@ class PairVerdict:
     def seeds_to_separate(self) -> str:
         if self.separated:
             return "—"
-        if self.seeds_needed is None:
-            return "unknown (needs 2+ seeds each)" if min(self.a.n, self.b.n) < 2 else "unknown"
+        if self.seeds_needed is None:  # stats: no spread known, no difference, or past its search
+            if min(self.a.n, self.b.n) < 2:
+                return "unknown (needs 2+ seeds each)"
+            return "unknown (no difference)" if self.comparison.diff == 0 else f">{SEEDS_SHOWN}"
         return f">{SEEDS_SHOWN}" if self.seeds_needed > SEEDS_SHOWN else str(self.seeds_needed)
 
 
@@ -240,14 +243,20 @@ def _identity_across_tasks(group: ConfigGroup, task_groups: list[ConfigGroup]) -
 
 # ---------------------------------------------------------------------------------------------- per task
 def _threshold(task: Task, cells: list[ConfigCell]) -> tuple[float | None, str | None]:
+    """The top-1 a seed must beat to count as having learned the task: the identity mixer's upper 95% t
+    bound on the task, and at least chance + 10% of the way to 100%. The identity bound bounds a mean:
+    with a few tightly spread identity seeds it sits a fraction of a point above chance, where single seeds
+    of a mixer that learned nothing still land, so the margin over chance stays a floor."""
+    floor = None if task.chance is None else task.chance + LEARNED_MARGIN * (100.0 - task.chance)
+    floor_text = None if task.chance is None else f"chance {task.chance:.1f}% + 10% of (100 − chance)"
     controls = [c for c in cells if c.group.mixer == IDENTITY and c.summary.interval.bounded]
     if controls:
         control = max(controls, key=lambda c: c.summary.interval.high)
-        return control.summary.interval.high, f"upper 95% t bound of {control.row}"
-    if task.chance is not None:
-        return (task.chance + LEARNED_MARGIN * (100.0 - task.chance),
-                f"chance {task.chance:.1f}% + 10% of (100 − chance)")
-    return None, None
+        bound = control.summary.interval.high
+        if floor is None or bound >= floor:
+            return bound, f"upper 95% t bound of {control.row}"
+        return floor, f"{floor_text}, above the upper 95% t bound of {control.row} ({bound:.2f}%)"
+    return floor, floor_text
 
 
 def task_statistics(task: Task, groups: list[ConfigGroup], alpha: float = stats.ALPHA) -> TaskStatistics:
