@@ -118,6 +118,8 @@ def test_report_script_writes_html_and_markdown(tmp_path, capsys):
     assert report_main([str(sweep), str(other), "--out", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
     assert f"report: {tmp_path / 'out' / 'report.html'}" in out
+    assert f"statistics: {tmp_path / 'out' / 'report.json'}" in out
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["tasks"]
     page = (tmp_path / "out" / "report.html").read_text()
     assert page.count("<tr class=") == 2 * len(JOBS)  # two sweeps side by side, a sweep column
     assert "mixer+seed-ffff0000" in (tmp_path / "out" / "report.md").read_text()

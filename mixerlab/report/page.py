@@ -90,6 +90,8 @@ th[aria-sort=ascending] button::after{content:" ▲"} th[aria-sort=descending] b
 tr.failed td{background:#fff3f3} tr.pending td,tr.incomplete td,tr.interrupted td{color:#777}
 .status-completed{color:#1a7f37} .status-failed{color:#c62828;font-weight:600}
 td.note{white-space:normal;max-width:360px;color:#a33;font-size:12px}
+table.stats{width:auto} td.text{white-space:normal;max-width:380px;font-size:12px}
+#unstable li{color:#a33}
 .plots{display:flex;flex-wrap:wrap;gap:12px} figure{margin:8px 0} figure svg{max-width:100%;height:auto}
 figcaption{color:#555;font-size:12px}
 """
@@ -180,7 +182,8 @@ class SweepReport:
         else:
             why = ("differ in more than one config key (not compared)" if pair is None
                    else f"not separated at {pair.seeds} seed{'' if pair.seeds == 'n=1' else 's'}")
-            estimate = "" if pair is None else f" (seeds to separate: {pair.seeds_to_separate})"
+            estimate = ("" if pair is None or pair.seeds_to_separate.startswith("unknown")
+                        else f" (seeds to separate: {pair.seeds_to_separate})")
             lines = [f"No verdict: top two ({top.row} {top.summary.mean:.2f}, {second.row} "
                      f"{second.summary.mean:.2f}) {why}{estimate}; run more seeds: "
                      + self.next_command([top, second], pair.seeds_needed if pair else None)]
@@ -411,7 +414,7 @@ class SweepReport:
             numeric = _numeric_columns(rows)
             for row in rows:
                 cells = [f"<td>{html.escape(row[0])}</td>"]
-                cells += [f'<td class="{"num" if numeric[i] else "note"}">{html.escape(c)}</td>'
+                cells += [f'<td class="{"num" if numeric[i] else "text"}">{html.escape(c)}</td>'
                           for i, c in enumerate(row[1:], 1)]
                 parts.append("<tr>" + "".join(cells) + "</tr>")
             parts.append("</tbody></table>")

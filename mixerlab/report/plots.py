@@ -181,6 +181,7 @@ def interval_plot(tasks, colors: dict[str, str]) -> str | None:
     axes[0][0].set_yticks(range(len(rows)), rows, fontsize=9)
     axes[0][0].set_ylim(len(rows) - 0.5, -0.5)  # first row on top
     handles = {label: h for ax in axes[0] for h, label in zip(*ax.get_legend_handles_labels(), strict=True)}
-    if handles:
-        axes[0][-1].legend(handles.values(), handles.keys(), fontsize=7, loc="lower right")
+    if handles:  # above the panels: inside one it would cover a row
+        fig.legend(handles.values(), handles.keys(), fontsize=7, loc="lower right", ncol=len(handles),
+                   bbox_to_anchor=(1.0, 1.0), frameon=False)
     return svg(fig)
