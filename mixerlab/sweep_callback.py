@@ -1,5 +1,5 @@
 """The sweep's Hydra callback: plans the sweep (mixerlab/sweep.py), keeps ``sweep.json`` current, and writes
-the report (mixerlab/report.py) when the multirun ends.
+the report (mixerlab/report/) when the multirun ends.
 
 It lives apart from both so that neither imports the other: the report reads sweeps, the sweep knows
 nothing of the report.
@@ -85,7 +85,8 @@ class SweepCallback(Callback):
         if not self.report:
             return
         try:
-            html, _ = SweepReport([self.sweep_dir]).write(self.sweep_dir)
-            print(f"report: {html}", flush=True)
+            report = SweepReport([self.sweep_dir])
+            html, _ = report.write(self.sweep_dir)
+            print(f"report: {html} | statistics: {report.json_path}", flush=True)
         except Exception:  # a report bug must not hide the sweep's results: scripts/report.py can redo it
             log.exception("could not write the sweep report; run scripts/report.py %s", self.sweep_dir)
