@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from mixerlab.report import SweepReport
@@ -64,7 +65,10 @@ class SweepCallback(Callback):
     @staticmethod
     def _update_index(config: DictConfig, running: str | None = None) -> None:
         """Jobs' statuses as their directories show them; ``running``: the job starting now (a killed
-        sweep leaves it so in sweep.json; the next run and the report re-read it from its directory)."""
+        sweep leaves it so in sweep.json; the next run and the report re-read it from its directory).
+        Hydra calls the job hooks in single runs too, which belong to no sweep: nothing is written then."""
+        if OmegaConf.select(config, "hydra.mode") != RunMode.MULTIRUN:
+            return
         sweep_dir = Path(str(OmegaConf.select(config, "hydra.sweep.dir"))).resolve()
         index = SweepIndex(sweep_dir)
         try:
