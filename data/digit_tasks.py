@@ -29,13 +29,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
+import torch
 from torch.utils.data import Dataset
 
 from data.base import ImageDataModule
-from data.digits import ArrayImages, digit_images, digit_split
-from data.sampling import EpochSampler, SeededTransformDataset, sample_seed
-from data.transforms import eval_transform
+from data.digits import digit_images, digit_split
+from data.normalised import NormalisedArrays, normalise
+from data.sampling import EpochSampler, sample_seed
 from mixerlab.errors import ConfigError
 
 DIGIT = 8  # native scikit-learn digit size (pixels)
@@ -173,24 +173,43 @@ class FreshDigitTaskSamples(Dataset):
     """Training samples made on demand: ``dataset[(index, seed)]`` renders sample ``index`` from ``seed``.
 
     The :class:`data.sampling.EpochSampler` hands out a new seed per (run seed, epoch, index), so every epoch
-    sees new compositions of the training digits; plain integer indexing uses seed = index.
+    sees new compositions of the training digits; plain integer indexing uses seed = index. A batch of keys
+    (``__getitems__``, which the DataLoader calls) is rendered sample by sample and normalised in one call
+    (:mod:`data.normalised`): the same tensors as one at a time.
     """
 
-    def __init__(self, task: str, bank: DigitBank, length: int, size: int, grid_step: int, transform) -> None:
+    def __init__(
+        self,
+        task: str,
+        bank: DigitBank,
+        length: int,
+        size: int,
+        grid_step: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+    ) -> None:
         self.task = task
         self.bank = bank
         self.length = length
         self.size = size
         self.grid_step = grid_step
-        self.transform = transform
+        self.mean = tuple(mean)
+        self.std = tuple(std)
 
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, key):
-        index, seed = key if isinstance(key, tuple) else (key, key)
-        canvas, label = render(self.task, self.bank, index, seed, self.size, self.grid_step)
-        return self.transform(Image.fromarray(canvas)), label
+    def __getitem__(self, key) -> tuple[torch.Tensor, int]:
+        return self.__getitems__([key])[0]
+
+    def __getitems__(self, keys: Sequence) -> list[tuple[torch.Tensor, int]]:
+        canvases = np.zeros((len(keys), self.size, self.size), dtype=np.uint8)
+        labels = []
+        for row, key in enumerate(keys):
+            index, seed = key if isinstance(key, tuple) else (key, key)
+            canvases[row], label = render(self.task, self.bank, index, seed, self.size, self.grid_step)
+            labels.append(label)
+        return list(zip(normalise(canvases, self.mean, self.std).unbind(0), labels, strict=True))
 
 
 def check_layout(task: str, img_size: int, grid_step: int) -> None:
@@ -250,10 +269,6 @@ class DigitTasksDataModule(ImageDataModule):
         self.grid_step = grid_step
         self.class_names = TASKS[task].class_names
 
-    def transform(self):
-        """ToTensor + normalise: timm's eval transform at the canvas size (its resize and crop are no-ops)."""
-        return eval_transform(self.img_size, self.mean, self.std, crop_pct=1.0)
-
     def train_samples_per_epoch(self) -> int:
         return self.samples_per_epoch
 
@@ -262,12 +277,12 @@ class DigitTasksDataModule(ImageDataModule):
             return
         train_bank, val_bank = digit_banks()
         self.train_set = FreshDigitTaskSamples(
-            self.task, train_bank, self.samples_per_epoch, self.img_size, self.grid_step, self.transform()
+            self.task, train_bank, self.samples_per_epoch, self.img_size, self.grid_step, self.mean, self.std
         )
         images, labels = render_many(
             self.task, val_bank, self.val_samples, self.val_seed, self.img_size, self.grid_step
         )
-        self.val_set = SeededTransformDataset(ArrayImages(images, labels), self.transform())
+        self.val_set = NormalisedArrays(images, labels, self.mean, self.std)
 
     def split_arrays(self, split: str, epochs: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """A split as uint8 images and labels, for export: the validation set, or the training samples of

@@ -35,9 +35,8 @@ from pathlib import Path
 import numpy as np
 
 from data.base import ImageDataModule
-from data.digits import ArrayImages
-from data.sampling import SeededTransformDataset, sample_seed
-from data.transforms import eval_transform
+from data.normalised import NormalisedArrays
+from data.sampling import sample_seed
 from mixerlab.errors import ConfigError
 
 GENERATOR_VERSION = 2  # bump when the drawing changes, so old caches are not reused
@@ -279,10 +278,7 @@ class PathfinderDataModule(ImageDataModule):
         if self.train_set is not None:
             return
         arrays = load_or_generate(self.settings, self.cache_dir)
-        transform = eval_transform(self.img_size, self.mean, self.std, crop_pct=1.0)
-        self.train_set = SeededTransformDataset(
-            ArrayImages(arrays["train_images"], arrays["train_labels"]), transform
-        )
-        self.val_set = SeededTransformDataset(
-            ArrayImages(arrays["val_images"], arrays["val_labels"]), transform
-        )
+        # ToTensor + normalise, a batch at a time (data/normalised.py): timm's eval transform at the canvas
+        # size, whose resize and crop are no-ops, with the same bits
+        self.train_set = NormalisedArrays(arrays["train_images"], arrays["train_labels"], self.mean, self.std)
+        self.val_set = NormalisedArrays(arrays["val_images"], arrays["val_labels"], self.mean, self.std)
