@@ -221,6 +221,8 @@ def load_or_generate(settings: PathfinderSettings, cache_dir: str | Path) -> dic
 class PathfinderDataModule(ImageDataModule):
     """``data=pathfinder``: a fixed generated set held in memory, normalised like any other dataset."""
 
+    thread_safe_samples = True  # fixed arrays, no random draw: a thread may make batches (data/background.py)
+
     def __init__(
         self,
         img_size: int = 32,

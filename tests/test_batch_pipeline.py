@@ -51,7 +51,8 @@ def test_digit_task_batches_hold_the_per_sample_transforms_pixels(task):
 
 
 def test_pathfinder_batches_hold_the_per_sample_transforms_pixels(tmp_path):
-    dm = PathfinderDataModule(train_samples=64, val_samples=16, cache_dir=str(tmp_path), batch_size=16, seed=1)
+    dm = PathfinderDataModule(train_samples=64, val_samples=16, cache_dir=str(tmp_path), batch_size=16,
+                              seed=1)
     dm.setup()
     transform = per_sample_transform(32, dm.mean, dm.std)
     old_train = SeededTransformDataset(ArrayImages(dm.train_set.images, dm.train_set.labels), transform)
@@ -74,3 +75,31 @@ def test_normalise_matches_to_tensor_and_normalize_on_three_channels():
     batch = normalise(images, mean, std)
     for row in range(4):
         assert torch.equal(batch[row], transform(Image.fromarray(images[row])))
+
+
+# sha256 over canvas bytes + label of the first 600 samples of epochs 0 and 1 (EpochSampler(20000, seed=0)),
+# computed with the code at 5779ee1 (`git archive 5779ee1`, data/digit_tasks.py's render, numpy 2.4.6): the
+# cheaper draws of data.digit_tasks.pick draw the same numbers, so the canvases are these bytes.
+CANVASES_AT_5779EE1 = {
+    "marker": "5260bfcb5b7cabc3c3eb4d52161afeb5d73d919ded175a978e4ef5ec6ee776f5",
+    "odd_one_out": "cef36e1483e87190b4124f612c180c3d6feb1c5ee3994736a6df71531d94ef4d",
+    "same_different": "2047fa0f67a637a3bd1d44ad97295f26956e7fa03bba7083a26ee93e4b767c03",
+    "sum_mod10": "0139f084915dcf8a42b0faa75034c504e79734723fdc4e65ecf12497acd796fe",
+}
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_digit_task_canvases_are_the_bytes_drawn_before_the_cheaper_draws(task):
+    import hashlib
+
+    from data.sampling import EpochSampler
+
+    bank = digit_banks()[0]
+    digest = hashlib.sha256()
+    sampler = EpochSampler(20000, seed=0)
+    for epoch in (0, 1):
+        sampler.set_epoch(epoch)
+        for index, seed in sampler.order()[:600]:
+            canvas, label = render(task, bank, index, seed)
+            digest.update(canvas.tobytes() + bytes([label]))
+    assert digest.hexdigest() == CANVASES_AT_5779EE1[task]
