@@ -103,3 +103,58 @@ def test_digit_task_canvases_are_the_bytes_drawn_before_the_cheaper_draws(task):
             canvas, label = render(task, bank, index, seed)
             digest.update(canvas.tobytes() + bytes([label]))
     assert digest.hexdigest() == CANVASES_AT_5779EE1[task]
+
+
+# ---------------------------------------------------------------- batches made in a background thread
+def test_background_thread_serves_the_same_batches_in_the_same_order(tmp_path):
+    from data.background import BackgroundLoader
+
+    plain = DigitTasksDataModule(samples_per_epoch=64, val_samples=16, batch_size=16, seed=2)
+    threaded = DigitTasksDataModule(samples_per_epoch=64, val_samples=16, batch_size=16, seed=2,
+                                    background_batches=2)
+    plain.setup()
+    threaded.setup()
+    loader = threaded.train_dataloader()
+    assert isinstance(loader, BackgroundLoader) and len(loader) == 4
+    assert not isinstance(threaded.val_dataloader(), BackgroundLoader)  # validation: plain
+    for epoch in (0, 1):
+        expected = [b[:2] for b in loader_batches(plain.train_dataloader(), epoch)]
+        loader.sampler.set_epoch(epoch)
+        got = list(loader)
+        assert len(got) == len(expected) == 4
+        for (x, y), (ex, ey) in zip(got, expected, strict=True):
+            assert torch.equal(x, ex) and torch.equal(y, ey)
+
+
+def test_background_thread_hands_a_failure_to_the_training_thread_and_stops_when_dropped():
+    import threading
+
+    from data.background import BackgroundLoader
+
+    class Breaks(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return 64
+
+        def __getitem__(self, i: int):
+            if i == 40:
+                raise RuntimeError("sample 40 is broken")
+            return torch.zeros(2), i
+
+    with pytest.raises(RuntimeError, match="sample 40"):
+        list(BackgroundLoader(Breaks(), batch_size=8, ahead=2))
+    iterator = iter(BackgroundLoader(Breaks(), batch_size=4, ahead=1))
+    next(iterator)  # an epoch cut short (max_steps): the producer must not outlive the iterator
+    producer = iterator.thread
+    del iterator
+    producer.join(timeout=5)
+    assert not producer.is_alive() and threading.active_count() >= 1
+
+
+def test_background_batches_refused_where_samples_seed_the_global_generators():
+    from data.digits import DigitsDataModule
+    from mixerlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="data.background_batches=2"):
+        DigitsDataModule(background_batches=2, num_workers=0)
+    with pytest.raises(ConfigError, match="choose one"):
+        DigitTasksDataModule(background_batches=2, num_workers=1)
