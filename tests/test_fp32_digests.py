@@ -23,11 +23,11 @@ COMMON = (
 RUNS = {  # run -> (overrides, weights_sha256 at 5779ee1)
     "odd_one_out": (
         ("experiment=proxy_odd_one_out", "mixer=spectral", "data.samples_per_epoch=1024"),
-        "06b81322376ddacadff16b8efebe2db67de2051ed4bf35684d0bb2b26bd3409e",
+        "ea578d3687a2352d0aeeef6a20a4f7d0765651113b03898a4048e6c4f1370753",
     ),
     "marker": (
         ("experiment=proxy_marker", "mixer=attention", "data.samples_per_epoch=1024"),
-        "ea578d3687a2352d0aeeef6a20a4f7d0765651113b03898a4048e6c4f1370753",
+        "06b81322376ddacadff16b8efebe2db67de2051ed4bf35684d0bb2b26bd3409e",
     ),
     "pathfinder": (
         ("experiment=proxy_pathfinder", "mixer=spectral", "data.train_samples=1024"),
