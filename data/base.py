@@ -9,6 +9,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from data.background import BackgroundLoader
 from data.sampling import EpochSampler
 from data.workers import loader_workers
 from mixerlab.errors import ConfigError
@@ -34,7 +35,9 @@ class ImageDataModule(L.LightningDataModule):
     ``num_classes`` from the same config node, so model and data always agree.
 
     ``num_workers``: loader workers per process, ``auto`` (or null) for what the machine has
-    (:mod:`data.workers`).
+    (:mod:`data.workers`). ``background_batches: N`` (with ``num_workers: 0``) makes the training batches
+    N ahead in a thread of the training process instead (:mod:`data.background`); only data modules whose
+    samples draw no process-wide random state allow it (``thread_safe_samples``).
 
     ``batch_size`` is per device. ``global_batch`` (optional) fixes the batch the optimizer sees instead:
     the per-device batch becomes ``global_batch / (devices x nodes x accumulation)``, so the same config
@@ -60,6 +63,7 @@ class ImageDataModule(L.LightningDataModule):
         repeated_aug: int = 1,
         eval_batch_size: int | None = None,
         global_batch: int | None = None,
+        background_batches: int = 0,
     ) -> None:
         super().__init__()
         self.img_size = img_size
@@ -78,6 +82,24 @@ class ImageDataModule(L.LightningDataModule):
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.resume_position: dict | None = None  # data-order position from a checkpoint
+        self.background_batches = self.check_background(background_batches)
+
+    # samples drawn without touching the process-wide RNGs (torch, numpy, random), so a thread may make them
+    thread_safe_samples = False
+
+    def check_background(self, batches: int) -> int:
+        if batches and not self.thread_safe_samples:
+            raise ConfigError(
+                f"data.background_batches={batches}: this data module seeds the process-wide random "
+                "generators per sample, which a background thread would race with the training step; "
+                "set it to 0 and use data.num_workers for loader processes"
+            )
+        if batches and self.num_workers:
+            raise ConfigError(
+                f"data.background_batches={batches} with data.num_workers={self.num_workers}: choose one "
+                "(a thread of the training process, or worker processes)"
+            )
+        return batches
 
     def resolve_workers(self, setting: int | str | None) -> int:
         """DataLoader worker processes (``data/workers.py``); FFCV overrides it with its decoding threads."""
@@ -129,7 +151,8 @@ class ImageDataModule(L.LightningDataModule):
         )
         if train and self.resume_position:
             self._resume_sampler(sampler, world)
-        return DataLoader(
+        background = {"ahead": self.background_batches} if train and self.background_batches else {}
+        return (BackgroundLoader if background else DataLoader)(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
             sampler=sampler,
@@ -138,6 +161,7 @@ class ImageDataModule(L.LightningDataModule):
             persistent_workers=self.persistent_workers,
             drop_last=train,
             worker_init_fn=ignore_job_signals,
+            **background,
         )
 
     def _resume_sampler(self, sampler: EpochSampler, world: int) -> None:

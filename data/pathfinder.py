@@ -35,9 +35,8 @@ from pathlib import Path
 import numpy as np
 
 from data.base import ImageDataModule
-from data.digits import ArrayImages
-from data.sampling import SeededTransformDataset, sample_seed
-from data.transforms import eval_transform
+from data.normalised import NormalisedArrays
+from data.sampling import sample_seed
 from mixerlab.errors import ConfigError
 
 GENERATOR_VERSION = 2  # bump when the drawing changes, so old caches are not reused
@@ -222,6 +221,8 @@ def load_or_generate(settings: PathfinderSettings, cache_dir: str | Path) -> dic
 class PathfinderDataModule(ImageDataModule):
     """``data=pathfinder``: a fixed generated set held in memory, normalised like any other dataset."""
 
+    thread_safe_samples = True  # fixed arrays, no random draw: a thread may make batches (data/background.py)
+
     def __init__(
         self,
         img_size: int = 32,
@@ -279,10 +280,7 @@ class PathfinderDataModule(ImageDataModule):
         if self.train_set is not None:
             return
         arrays = load_or_generate(self.settings, self.cache_dir)
-        transform = eval_transform(self.img_size, self.mean, self.std, crop_pct=1.0)
-        self.train_set = SeededTransformDataset(
-            ArrayImages(arrays["train_images"], arrays["train_labels"]), transform
-        )
-        self.val_set = SeededTransformDataset(
-            ArrayImages(arrays["val_images"], arrays["val_labels"]), transform
-        )
+        # ToTensor + normalise, a batch at a time (data/normalised.py): timm's eval transform at the canvas
+        # size, whose resize and crop are no-ops, with the same bits
+        self.train_set = NormalisedArrays(arrays["train_images"], arrays["train_labels"], self.mean, self.std)
+        self.val_set = NormalisedArrays(arrays["val_images"], arrays["val_labels"], self.mean, self.std)

@@ -171,6 +171,7 @@ KEY_RULES: dict[str, Rule] = {
     "data.bad_files": Choice("data.imagenet_folder.BAD_FILE_POLICIES"),
     "data.order": Choice("data.imagenet_ffcv.ORDERS"),
     "data.batches_ahead": POSITIVE,
+    "data.background_batches": Int(ge=0),
     "data.samples_per_epoch": POSITIVE,
     "data.train_samples": Int(ge=2),
     "data.val_samples": POSITIVE,

@@ -3,6 +3,7 @@
     python scripts/bench_train.py backbone=vit_small data=synthetic data.batch_size=32 --compare-timm
     python scripts/bench_train.py --real-data --lightning-only                # the default digits run
     python scripts/bench_train.py --smoke --compare-timm                      # tiny sizes (CI)
+    python scripts/bench_train.py --full-run experiment=proxy_odd_one_out mixer=spectral   # run vs step
 
 Measured in one process, warm-up steps excluded, medians over rounds:
   ours       a plain training step (forward, loss, backward, optimizer step, zero_grad) of the configured
@@ -15,6 +16,12 @@ Measured in one process, warm-up steps excluded, medians over rounds:
              ours and timm alternate (ABBA order) each round; the ratio is the median of per-round ratios.
   lightning  Recipe + lightning.Trainer (as train.py builds it, minus checkpoints and loggers) against a
              plain loop doing the same work (same DataLoader, optimizer, LR schedule, loss), alternating.
+  full run   (--full-run) the bare step above (the recipe's loss and optimizer on synthetic tensors of the
+             preset's batch) against the real ``train.py`` path for the same config: mixerlab.training.train
+             in this process, a fresh run directory each round, with the preset's data, callbacks, progress
+             bar, checkpoints and loggers. Its figure is the run's own ``train_images_per_s`` (summary.json:
+             training images / the epoch's training seconds, data, hooks and checkpoints included,
+             validation not); rounds alternate, the ratio is the median of per-round ratios.
   flops      fwd+bwd FLOPs per step (torch.utils.flop_counter) -> achieved TFLOP/s; on a GPU, MFU against
              the device's dense bf16 peak (conf/hardware/accelerators.yaml or --peak-tflops).
 
@@ -44,7 +51,7 @@ import lightning as L  # noqa: E402
 import torch  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
@@ -59,6 +66,14 @@ TIMM_DEIT = {
     (384, 12, 6): "deit_small_patch16_224",
     (768, 12, 12): "deit_base_patch16_224",
 }
+SMOKE_FULL_RUN_OVERRIDES = [
+    "experiment=proxy_odd_one_out",
+    "data.samples_per_epoch=256",
+    "data.val_samples=64",
+    "data.batch_size=32",
+    "backbone.depth=1",
+    "backbone.embed_dim=32",
+]
 SMOKE_OVERRIDES = [
     "data=synthetic",
     "data.img_size=32",
@@ -505,6 +520,76 @@ def lightning_vs_plain(cfg: DictConfig, args, device: torch.device, report: dict
     )
 
 
+# ---------------------------------------------------------------------------------- full run vs bare step
+def full_run_vs_step(cfg: DictConfig, args, device: torch.device, report: dict) -> None:
+    """Images/s of the bare training step against ``train.py``'s whole path for the same config, alternating.
+
+    The bare step is what the model alone allows: the recipe's loss, the preset's optimizer settings and
+    fast path, synthetic tensors of the preset's batch already in memory. The full run adds everything a
+    user's run does per step (batches made, Lightning's loop, callbacks, the progress bar, checkpoints).
+    """
+    from mixerlab.training import train as train_run
+
+    d = cfg.data
+    batch = d.batch_size
+    torch.manual_seed(cfg.seed)
+    images = torch.randn(batch, d.in_chans, d.img_size, d.img_size, device=device)
+    targets = torch.randint(0, d.num_classes, (batch,), device=device)
+    backbone = build_backbone(cfg).to(device)
+    recipe = build_recipe(cfg, backbone)
+    workers = build_datamodule(cfg).num_workers
+    applied = apply_fast_path(cfg.get("fastpath"), backbone, num_workers=workers)
+    optimizer = make_optimizer(backbone, cfg.recipe, float(cfg.recipe.lr), cfg.recipe.get("opt_impl", "auto"),
+                               device)
+    bare = StepLoop("bare", backbone, optimizer, images, targets, recipe.train_loss_fn,
+                    str(cfg.trainer.precision))
+    bare.warm_up(args.warmup)
+    report.update(fast_path=applied, params=count_parameters(backbone), data_workers=workers)
+
+    full_rate: list[float] = []
+    full_wall: list[float] = []
+    digests: list[str] = []
+
+    def full_round(r: int) -> None:
+        run_cfg = cfg.copy()
+        runtime = run_cfg.hydra.runtime
+        with read_write(runtime), open_dict(runtime):
+            runtime.output_dir = str(args.scratch / f"full_run_{r}")  # a fresh directory: never a resume
+        HydraConfig.instance().set_config(run_cfg)
+        summary = train_run(run_cfg)
+        full_rate.append(float(summary["train_images_per_s"]))
+        full_wall.append(float(summary["wall_s"]))
+        digests.append(summary["weights_sha256"])
+
+    for r in range(args.rounds):
+        for side in ("bare", "full") if r % 2 == 0 else ("full", "bare"):
+            if side == "bare":
+                bare.timed(args.steps)
+            else:
+                full_round(r)
+    per_round = ratios(full_rate, bare.images_per_s)
+    report["full_run"] = {
+        "bare_images_per_s": median(bare.images_per_s, 1),
+        "bare_images_per_s_rounds": [round(x, 1) for x in bare.images_per_s],
+        "full_images_per_s": median(full_rate, 1),
+        "full_images_per_s_rounds": [round(x, 1) for x in full_rate],
+        "full_wall_s_rounds": full_wall,
+        "ratio": median(per_round),
+        "ratio_rounds": [round(x, 3) for x in per_round],
+        "same_weights_every_round": len(set(digests)) == 1,
+        "weights_sha256": digests[0],
+        "full_run_note": "train_images_per_s of summary.json: training images / the epoch's training "
+        "seconds (data, hooks, checkpoints included; validation and start-up not)",
+    }
+    fr = report["full_run"]
+    print(
+        f"bare step {fr['bare_images_per_s']} img/s (median of {args.rounds} rounds x {args.steps} steps) | "
+        f"full run {fr['full_images_per_s']} img/s (train_images_per_s, median of {args.rounds} runs) | "
+        f"full / bare {fr['ratio']} (per round {fr['ratio_rounds']})",
+        flush=True,
+    )
+
+
 # ------------------------------------------------------------------------------------------ main
 def machine() -> dict:
     cpu = platform.processor()
@@ -561,6 +646,11 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument(
         "--profile", action="store_true", help="print a torch.profiler table of one step per model"
     )
+    parser.add_argument(
+        "--full-run",
+        action="store_true",
+        help="the bare step vs train.py's whole path for the same config (proxy presets), alternating",
+    )
     parser.add_argument("--peak-tflops", type=float, default=None, help="the device's dense bf16 peak (MFU)")
     parser.add_argument(
         "--smoke", action="store_true", help="tiny model and sizes: checks the machinery (CI)"
@@ -570,7 +660,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     if unknown:
         parser.error(f"unknown options {unknown}; Hydra overrides look like key=value")
     if args.smoke:
-        overrides = SMOKE_OVERRIDES + overrides
+        overrides = (SMOKE_FULL_RUN_OVERRIDES if args.full_run else SMOKE_OVERRIDES) + overrides
         args.rounds, args.steps, args.warmup = min(args.rounds, 2), min(args.steps, 2), 1
     if args.warmup < 1 or args.steps < 1 or args.rounds < 1:
         parser.error("--warmup, --steps and --rounds must be at least 1")
@@ -608,9 +698,11 @@ def main(argv: list[str]) -> dict:
         f"{report['machine']['cores']} cores, load {report['machine']['load_avg']})",
         flush=True,
     )
-    if not args.lightning_only:
+    if args.full_run:
+        full_run_vs_step(cfg, args, device, report)
+    elif not args.lightning_only:
         model_vs_timm(cfg, args, device, report)
-    if not args.no_lightning:
+    if not args.no_lightning and not args.full_run:
         lightning_vs_plain(cfg, args, device, report)
     report["machine"]["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(report), flush=True)

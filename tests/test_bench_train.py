@@ -48,3 +48,16 @@ def test_deit_small_counterpart_is_timms_deit_small_with_our_parameter_count():
     timm_model, name = timm_counterpart(cfg)
     assert name == "deit_small_patch16_224"
     assert count_parameters(timm_model) == count_parameters(build_backbone(cfg)) == 22_050_664
+
+
+def test_full_run_smoke_prints_the_bare_step_and_the_full_run_side_by_side(tmp_path):
+    cmd = [sys.executable, str(REPO / "scripts" / "bench_train.py"), "--smoke", "--full-run",
+           "callbacks.progress.refresh_rate=0"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "TMPDIR": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "bare step" in proc.stdout and "full run" in proc.stdout and "full / bare" in proc.stdout
+    full = json.loads(proc.stdout.strip().splitlines()[-1])["full_run"]
+    assert full["bare_images_per_s"] > 0 and full["full_images_per_s"] > 0 and full["ratio"] > 0
+    assert len(full["ratio_rounds"]) == len(full["full_images_per_s_rounds"]) == 2
+    assert full["same_weights_every_round"]  # each round a fresh run of the same seed
