@@ -1,6 +1,7 @@
 """Evaluate a finished (or running) run on any data config, without training: ``python eval.py run=DIR``.
 
-    <run>/config.yaml + checkpoints/last.ckpt  ->  backbone with the EMA weights when the run kept them
+    <run>/config.yaml + checkpoints/last.ckpt  ->  backbone with the EMA weights when the run kept them,
+        in its deployment form (mixers.contract.fuse_for_inference: FFNified's RepVGG branches fused)
         -> every EvalSet of the chosen data (data/shifted.py, data/digits_c.py; any training data module:
            its validation split) -> top-1 / top-5 counted once per image across every process
         -> <run>/eval.json (merged with the sets earlier evaluations wrote) and, with erf.layers, <run>/erf/
@@ -37,6 +38,7 @@ from data.corruptions import ALEXNET_ERROR
 from data.shifted import EvalSet
 from mixerlab.errors import ConfigError
 from mixerlab.run import atomic_write_text
+from mixers.contract import fuse_for_inference
 
 log = logging.getLogger("mixerlab")
 EVAL_FILE = "eval.json"
@@ -241,7 +243,8 @@ def evaluate(cfg: DictConfig) -> dict:
     fabric = make_fabric(cfg)
     backbone = build_backbone(run_cfg)
     meta = load_weights(backbone, ckpt, cfg.get("weights", "auto"))
-    model = backbone.to(fabric.device).eval()
+    # the deployment form (e.g. FFNified's fused RepVGG branches): the same outputs, the cost a user pays
+    model = fuse_for_inference(backbone, inplace=True).to(fabric.device)
 
     sets = eval_sets(data, cfg.get("limit"))
     batch = int(cfg.get("batch_size") or getattr(data, "eval_batch_size", None) or data.batch_size)

@@ -195,8 +195,9 @@ class Recipe(L.LightningModule):
         self.global_batch = 0
         self.peak_lr = lr
         self.throughput: list[float] = []  # train images/s per epoch (all ranks)
-        self._epoch_start = 0.0
+        self._epoch_start: float | None = None  # None: no epoch timed yet in this process
         self._epoch_images = 0
+        self._validated_this_epoch = False
         self._train_seconds: float | None = None
         self.history: list[dict] = []  # one row per epoch; kept in checkpoints
         self.first_step_at: float | None = None  # perf_counter at the first optimizer step (start-up)
@@ -266,6 +267,14 @@ class Recipe(L.LightningModule):
         return self.backbone(images)
 
     def on_train_epoch_start(self) -> None:
+        self._start_epoch_timer()
+
+    def on_train_start(self) -> None:
+        # Lightning skips on_train_epoch_start when it resumes mid-epoch: time the rest of that epoch from
+        # here, counting only the images this process trains on (the epoch-start hook restarts it otherwise)
+        self._start_epoch_timer()
+
+    def _start_epoch_timer(self) -> None:
         self._epoch_start = time.perf_counter()
         self._epoch_images = 0
         self._train_seconds = None
@@ -325,8 +334,12 @@ class Recipe(L.LightningModule):
 
     # ---------------------------------------------------------------- evaluation
     def on_validation_epoch_start(self) -> None:
-        if self.trainer.training and self._train_seconds is None:
+        if self._fitting() and self._train_seconds is None and self._epoch_start is not None:
             self._train_seconds = time.perf_counter() - self._epoch_start
+
+    def _fitting(self) -> bool:
+        """Inside ``Trainer.fit`` (its validation loop included), not a ``Trainer.validate`` call."""
+        return self.trainer.state.fn == "fit"
 
     def validation_step(self, batch, batch_idx: int) -> None:
         images, targets = batch
@@ -348,31 +361,53 @@ class Recipe(L.LightningModule):
             metric.reset()
         self.val_loss.reset()
         self.log_dict(values, prog_bar=True, logger=False)
+        if self._fitting() and not self.trainer.sanity_checking:
+            self._validated_this_epoch = True
 
     def on_train_epoch_end(self) -> None:
-        seconds = self._train_seconds or (time.perf_counter() - self._epoch_start)
+        started = self._epoch_start if self._epoch_start is not None else time.perf_counter()
+        seconds = self._train_seconds or (time.perf_counter() - started)
         images = torch.tensor(float(self._epoch_images), device=self.device)
         images = self.all_gather(images).sum() if self.trainer.world_size > 1 else images
-        images_per_s = float(images) / max(seconds, 1e-9)
-        self.throughput.append(images_per_s)
         row = {
             "epoch": self.current_epoch,
             "step": self.global_step,
             "train/loss": float(self.train_loss.compute()),
-            "train/images_per_s": images_per_s,
             "lr": self.trainer.optimizers[0].param_groups[0]["lr"],
             "train/skipped_steps": self.skipped_steps,
         }
+        if float(images) > 0:  # resumed at the epoch's very end: no image trained here, no rate to give
+            row["train/images_per_s"] = float(images) / max(seconds, 1e-9)
+            self.throughput.append(row["train/images_per_s"])
         self.train_loss.reset()
         if self._has_aux_loss:
             row["train/aux_loss"] = float(self.train_aux_loss.compute())
             self.train_aux_loss.reset()
-        for key, value in self.trainer.callback_metrics.items():
-            if key.startswith("val/"):
-                row[key] = float(value)
+        if self._validated_this_epoch:  # callback_metrics keeps an older epoch's val/ values otherwise
+            row.update(self._val_metrics())
+        self._validated_this_epoch = False
+        self._epoch_start = None
         self.history.append(row)
         for logger in self.loggers:
             logger.log_metrics(row, step=self.current_epoch)
+
+    def _val_metrics(self) -> dict[str, float]:
+        return {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("val/")}
+
+    @property
+    def needs_final_validation(self) -> bool:
+        """Whether training ended without validating its final weights: a step budget that stops inside an
+        epoch (``trainer.max_steps``), or a last epoch that ``check_val_every_n_epoch`` skips."""
+        return bool(self.history) and "val/top1" not in self.history[-1]
+
+    def record_final_validation(self) -> None:
+        """Fold a post-fit ``Trainer.validate`` into the last epoch's row, and log it at that epoch, so every
+        completed run's summary has the top-1 of the weights it ends with."""
+        values = self._val_metrics()
+        self.history[-1].update(values)
+        epoch = self.history[-1]["epoch"]
+        for logger in self.loggers:
+            logger.log_metrics({"epoch": epoch, **values}, step=epoch)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         check_finite_weights(self.backbone, self.global_step)

@@ -156,3 +156,16 @@ def set_dense(model: torch.nn.Module, dense: bool) -> int:
         if module is not model and callable(getattr(module, "set_dense", None)):
             switched += bool(module.set_dense(dense))
     return switched
+
+
+def fuse_for_inference(model: nn.Module, inplace: bool = False) -> nn.Module:
+    """The model in its deployment form, for evaluation and inference timing, never for training.
+
+    A module whose eval-mode computation has a cheaper equal form (e.g. FFNified's RepVGG branches and
+    conv + BatchNorm pairs folded into single convs) exposes ``fuse() -> nn.Module``, timm's convention:
+    timm's ``reparameterize_model`` replaces each such module by what its ``fuse()`` returns. The result
+    is in eval mode: fused BatchNorms use the running statistics they had. ``inplace=False`` fuses a copy.
+    """
+    from timm.utils.model import reparameterize_model
+
+    return reparameterize_model(model, inplace=inplace).eval()

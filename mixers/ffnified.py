@@ -12,6 +12,12 @@ unchanged. BatchNorm: its training output depends on the batch, and its running 
 buffers, so checkpoints carry them. DDP: plain BatchNorm2d, each device normalising with its own batch, as
 FFNet trains (timm's train.py, ``--sync-bn`` off by default); DDP's ``broadcast_buffers`` gives every rank
 rank 0's running statistics at each forward (FFNet's ``--dist-bn reduce`` averages them per epoch instead).
+
+Deployment form (FFNet's ``Conv2d_BN.fuse`` and ``RepVGGDW.fuse``): with BatchNorm's running statistics fixed,
+each conv + BN is one conv with bias, and RepVGGDW's two branches are one 7x7 depthwise conv (the 3x3 kernel
+zero-padded to 7x7 and added). Training keeps the branches, whose sum trains differently from a single 7x7
+kernel; evaluation and inference timing use the fused convs (``mixers.contract.fuse_for_inference``), which
+give the same outputs as the branches in eval mode, in one conv per depthwise layer instead of two.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 from collections import OrderedDict
 
 import torch
+import torch.nn.functional as F
 from timm.layers import trunc_normal_
 from torch import nn
 
@@ -26,10 +33,28 @@ from mixerlab.errors import ConfigError
 from mixers.contract import TokenLayout, split_prefix
 
 
-def conv_bn(dim: int, kernel_size: int, groups: int) -> nn.Sequential:
+class ConvBN(nn.Sequential):
     """FFNet's ``Conv2d_BN``: a bias-free conv then BatchNorm (BN weight 1, bias 0)."""
-    conv = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=groups, bias=False)
-    return nn.Sequential(OrderedDict(c=conv, bn=nn.BatchNorm2d(dim)))
+
+    def __init__(self, dim: int, kernel_size: int, groups: int) -> None:
+        conv = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=groups, bias=False)
+        super().__init__(OrderedDict(c=conv, bn=nn.BatchNorm2d(dim)))
+
+    @torch.no_grad()
+    def fuse(self) -> nn.Conv2d:
+        """One conv with bias equal to conv then BN with its running statistics (eval mode):
+        W' = W * gamma / sqrt(var + eps),  b' = beta - mean * gamma / sqrt(var + eps)."""
+        c, bn = self.c, self.bn
+        scale = bn.weight / (bn.running_var + bn.eps).sqrt()  # (C,)
+        fused = nn.Conv2d(c.in_channels, c.out_channels, c.kernel_size, padding=c.padding, groups=c.groups)
+        fused.to(c.weight)
+        fused.weight.copy_(c.weight * scale[:, None, None, None])
+        fused.bias.copy_(bn.bias - bn.running_mean * scale)
+        return fused
+
+
+def conv_bn(dim: int, kernel_size: int, groups: int) -> ConvBN:
+    return ConvBN(dim, kernel_size, groups)
 
 
 class RepVGGDW(nn.Module):
@@ -42,6 +67,16 @@ class RepVGGDW(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x) + self.conv1(x)
+
+    @torch.no_grad()
+    def fuse(self) -> nn.Conv2d:
+        """The deployment form: both branches folded into one k x k depthwise conv with bias (the small
+        kernel zero-padded to k x k, centred, so it sees the same neighbours)."""
+        big, small = self.conv.fuse(), self.conv1.fuse()
+        pad = (big.kernel_size[0] - small.kernel_size[0]) // 2
+        big.weight.add_(F.pad(small.weight, [pad] * 4))
+        big.bias.add_(small.bias)
+        return big
 
 
 def depthwise(dim: int, kernel_size: int) -> nn.Module:

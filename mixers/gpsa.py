@@ -63,10 +63,11 @@ class GPSA(TimmGPSA):
 
 
 class ConViTMHSA(TimmMHSA):
-    """ConViT's non-local layers: softmax(q k^T / sqrt(d)) v over every token, CLS included.
+    """ConViT's non-local layers: softmax(q k^T / sqrt(d)) v over every token, CLS included
+    (``mixer=convit_mhsa``; the ``convit_*`` presets use it after their GPSA schedule).
 
-    The presets select it on top of ``conf/mixer/attention.yaml``, whose SSA keys arrive too: only their
-    off values are accepted (this explicit-softmax port has no subsampled mode).
+    Its own mixer rather than ``mixer=attention`` with options: the explicit softmax is what makes the
+    presets' logits equal timm's, and it has none of that mixer's SSA options.
     """
 
     def __init__(
@@ -79,10 +80,6 @@ class ConViTMHSA(TimmMHSA):
         proj_drop: float = 0.0,
         layer_index: int = 0,
         num_layers: int = 1,
-        ssa: dict | None = None,
-        seed: int = 0,
     ) -> None:
         check_heads(dim, num_heads)
-        if ssa:
-            raise ConfigError(f"mixer.ssa={ssa} is not available in ConViT's MHSA layers: set mixer.ssa=null")
         super().__init__(dim, num_heads, qkv_bias, attn_drop, proj_drop)

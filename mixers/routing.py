@@ -10,9 +10,14 @@ arXiv 2003.05997; official TF google-research ``routing_transformer/utils.py``, 
 
 Centroids are persistent buffers: on the first training batch, ``kmeans_init_iters`` (10) spherical k-means
 iterations from c sampled tokens (sample drawn from ``seed`` and the layer index); then after every
-training forward mu <- decay mu + (1 - decay) normalise(sum of the tokens assigned to mu), decay 0.999
-(clusters nobody chose keep theirs). The update is applied in the forward (lucidrains' RoutingTransformerLM
-applies it from a backward hook; the same step). Under DDP the sums and counts are all-reduced first, so
+training forward mu <- normalise(decay mu + (1 - decay) normalise(sum of the tokens assigned to mu)), decay
+0.999 (clusters nobody chose keep theirs). The outer normalise keeps the centroids on the unit sphere the
+routed q^ lie on (spherical k-means): an EMA of unit vectors shrinks towards the origin as its inputs spread,
+which would bias the argmax assignment towards long centroids and put the norm into the commitment loss.
+Sources differ here: lucidrains' ``Kmeans.update`` leaves the EMA unnormalised; the official TF
+``online_kmeans`` (layer-normed items) keeps EMAs of per-cluster sums and counts and divides them. The
+update is applied in the forward (lucidrains' RoutingTransformerLM applies it from a backward hook; the
+same step). Under DDP the sums and counts are all-reduced first, so
 every rank holds the same centroids. Commitment loss ``commitment`` (1e-4) x MSE(q^, mu_assigned) is set as
 ``aux_loss`` (the recipe adds it). All heads are routed (lucidrains' local heads are causal-only); c = null
 gives round(sqrt(N)) clusters, so w ~ sqrt(N) and the cost is O(N^1.5 C).
@@ -100,8 +105,10 @@ class RoutingAttention(nn.Module):
 
     @torch.no_grad()
     def ema_update(self, points: torch.Tensor) -> None:
+        """One EMA step towards each chosen cluster's mean direction, then back onto the unit sphere."""
         sums, counts = cluster_sums(points, self.means)
         moved = self.ema_decay * self.means + (1 - self.ema_decay) * F.normalize(sums, dim=-1)
+        moved = F.normalize(moved, dim=-1)
         self.means.copy_(torch.where(counts[..., None] > 0, moved, self.means))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Cost of each token mixer alone as the token count grows: forward+backward time and peak memory.
+"""Cost of each token mixer alone as the token count grows: forward+backward (or inference) time, peak memory.
 
     python scripts/bench_mixers.py --threads 1                # grids 8x8 .. 112x112 (64 .. 12,544 tokens)
     python scripts/bench_mixers.py --smoke --out /tmp/bench   # tiny grids: checks the script end to end
@@ -17,6 +17,10 @@ so load from other processes hits both alike.
 Writes ``mixers.csv``, ``mixers.md`` (the same as a table), ``mixers.png`` (log-log time vs tokens) and
 ``summary.json`` to ``--out``; the fitted exponent is the least-squares slope of log time vs log tokens over
 the points with at least ``--fit-min-tokens`` tokens. The last stdout line is the headline JSON.
+
+``--inference``: forward passes alone, without gradients, each mixer in eval mode and in its deployment form
+(``mixers.contract.fuse_for_inference``: FFNified's RepVGG branches and conv + BatchNorm pairs fused into
+single convs, as FFNet times its models), the cost a deployed model pays. Training passes keep the branches.
 
 Peak memory (of the warm-up pass): on CUDA, ``torch.cuda.max_memory_allocated``; on CPU, the rise of the
 process's peak resident set (Linux ``VmHWM``, reset through ``/proc/self/clear_refs``) over the resident
@@ -48,7 +52,7 @@ from hydra.utils import instantiate  # noqa: E402
 
 from mixerlab.build import CONF_DIR, compose_config  # noqa: E402
 from mixerlab.errors import ConfigError  # noqa: E402
-from mixers.contract import TokenLayout  # noqa: E402
+from mixers.contract import TokenLayout, fuse_for_inference  # noqa: E402
 
 FULL_GRIDS = (8, 14, 20, 28, 40, 56, 80, 112)
 SMOKE_GRIDS = (4, 8)
@@ -135,9 +139,14 @@ def mixer_factories(names: list[str], heads: int) -> dict:
 
 
 def fwd_bwd(module: torch.nn.Module, x: torch.Tensor) -> None:
-    x.grad = None
-    module.zero_grad(set_to_none=True)
-    module(x).sum().backward()
+    """One timed pass: forward+backward for a module in training mode, a gradient-free forward in eval."""
+    if not module.training:
+        with torch.no_grad():
+            module(x)
+    else:
+        x.grad = None
+        module.zero_grad(set_to_none=True)
+        module(x).sum().backward()
     if x.is_cuda:
         torch.cuda.synchronize()
 
@@ -145,7 +154,7 @@ def fwd_bwd(module: torch.nn.Module, x: torch.Tensor) -> None:
 def time_fwd_bwd(
     module: torch.nn.Module, x: torch.Tensor, repeats: int, min_seconds: float = 0.0
 ) -> tuple[float, float | None]:
-    """Median seconds of forward+backward after one warm-up pass, and the warm-up's peak MB."""
+    """Median seconds of a pass (``fwd_bwd``) after one warm-up pass, and the warm-up's peak MB."""
     with PeakMemory(x.device) as memory:
         fwd_bwd(module, x)
     times: list[float] = []
@@ -161,7 +170,9 @@ def build(factories: dict, name: str, grid: int, args: argparse.Namespace):
     torch.manual_seed(0)
     layout = TokenLayout(grid=(grid, grid), num_prefix=0)
     module = factories[name](dim=args.dim, layout=layout, layer_index=0, num_layers=1).to(device)
-    x = torch.randn(args.batch, grid * grid, args.dim, device=device, requires_grad=True)
+    if args.inference:
+        module = fuse_for_inference(module, inplace=True)
+    x = torch.randn(args.batch, grid * grid, args.dim, device=device, requires_grad=not args.inference)
     return module, x
 
 
@@ -211,6 +222,10 @@ def predicted(points: list[Point], tokens: int, field: str, floor: float = 0.0) 
         prev = measured[-2]
         exponent = math.log(value(last) / value(prev)) / math.log(last.tokens / prev.tokens)
     return value(last) * (tokens / last.tokens) ** min(2.5, max(1.0, exponent))
+
+
+def pass_name(args: argparse.Namespace) -> str:
+    return "inference forward (fused)" if args.inference else "forward+backward"
 
 
 def fit_exponent(points: list[Point], min_tokens: int) -> float | None:
@@ -299,7 +314,7 @@ def plot(points: list[Point], exponents: dict, path: Path, args: argparse.Namesp
             ax.plot(
                 [p.tokens for p in mine], [p.seconds * 1e3 for p in mine], marker="o", label=label, **style
             )
-    ax.set(xscale="log", yscale="log", xlabel="tokens (grid h x w)", ylabel="forward+backward time (ms)")
+    ax.set(xscale="log", yscale="log", xlabel="tokens (grid h x w)", ylabel=f"{pass_name(args)} time (ms)")
     ax.set_title(
         f"Token mixers alone: width {args.dim}, {args.heads} heads, batch {args.batch}, {args.device}"
     )
@@ -320,6 +335,7 @@ def headline(
         "dim": args.dim,
         "heads": args.heads,
         "batch": args.batch,
+        "passes": pass_name(args),
         "tokens": [g * g for g in args.grids],
         "fit_min_tokens": args.fit_min_tokens,
         "exponents": {k: (round(v, 3) if v is not None else None) for k, v in exponents.items()},
@@ -352,6 +368,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pair-repeats", type=int, default=5, help="alternating passes for the ratio")
     parser.add_argument("--fit-min-tokens", type=int, default=784, help="fit the exponent from this size up")
     parser.add_argument("--out", default="runs/bench_mixers")
+    parser.add_argument("--inference", action="store_true",
+                        help="time eval-mode forward passes of the deployment form (fused), not training")
     parser.add_argument("--smoke", action="store_true", help="tiny grids and width: an end-to-end check")
     args = parser.parse_args(argv)
     if args.smoke:

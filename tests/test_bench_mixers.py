@@ -15,9 +15,11 @@ from mixers.metaformer import RandomMixing
 from scripts.bench_mixers import (
     VARIANTS,
     Point,
+    build,
     discover_mixers,
     fit_exponent,
     measure,
+    mixer_factories,
     parse_args,
     predicted,
     run,
@@ -75,3 +77,16 @@ def test_a_grid_the_mixer_refuses_is_skipped_with_its_reason():
     assert ok.status == "ok" and ok.seconds > 0
     assert refused.status.startswith("skipped: mixer.num_tokens=16 but the backbone gives 64 tokens")
     assert refused.seconds is None
+
+
+def test_inference_timing_uses_the_fused_deployment_form_and_training_timing_the_branches():
+    from mixers.ffnified import RepVGGDW
+
+    ffnified = mixer_factories(["ffnified"], heads=2)["ffnified"]
+    factories = {"ffnified": functools.partial(ffnified, kernel_size=7)}
+    for flag, fused in (([], False), (["--inference"], True)):
+        args = parse_args(["--smoke", "--mixers", "ffnified", "--out", "unused", *flag])
+        module, x = build(factories, "ffnified", 4, args)
+        assert module.training is not fused and x.requires_grad is not fused
+        assert any(isinstance(m, RepVGGDW) for m in module.modules()) is not fused
+        assert measure(Point("ffnified", 4, 16, None, None, "ok"), factories, args).seconds > 0

@@ -196,6 +196,7 @@ ANALYTIC = {
     "pooling": lambda c: 0,  # a 3x3 average: additions only (elementwise, not counted)
     "identity": lambda c: 0,
     "gpsa": gpsa,
+    "convit_mhsa": attention,  # the same products as MHSA; no qkv bias, and biases count 0 anyway
     "axial_row": axis_attention("row"),
     "axial_col": axis_attention("col"),
     "axial": lambda c: axis_attention("row")(c) + axis_attention("col")(c),

@@ -10,8 +10,8 @@ from mixerlab.backbone import count_parameters
 from mixerlab.build import build_backbone, compose_config
 from mixerlab.costs import weights_sha256
 from mixerlab.errors import ConfigError
-from mixers.contract import TokenLayout
-from mixers.ffnified import FFNified
+from mixers.contract import TokenLayout, fuse_for_inference
+from mixers.ffnified import FFNified, RepVGGDW
 
 LAYOUT = TokenLayout(grid=(4, 4), num_prefix=1)
 
@@ -80,3 +80,38 @@ def test_weights_digest_covers_the_batchnorm_step_counter():
     before = weights_sha256(model)
     model.blocks[0].mixer.fc.bn.num_batches_tracked += 1  # a 0-d long buffer
     assert weights_sha256(model) != before
+
+
+@pytest.mark.parametrize(("k", "k2"), [(7, 7), (3, 7), (3, 3)])
+def test_fused_deployment_form_gives_the_branches_outputs_in_eval_mode(k, k2):
+    torch.manual_seed(0)
+    kernels = [f"mixer.kernel_size={k}", f"mixer.kernel_size2={k2}"]
+    model = build_backbone(compose_config(["mixer=ffnified", *kernels]))
+    model.train()
+    for _ in range(3):  # running statistics away from their initial values
+        model(torch.randn(8, 1, 16, 16))
+    for norm in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        torch.nn.init.normal_(norm.weight)
+        torch.nn.init.normal_(norm.bias)
+    model.eval()
+    fused = fuse_for_inference(model)
+    assert model.training is False and any(isinstance(m, RepVGGDW) for m in model.modules()) == (7 in (k, k2))
+    assert not any(isinstance(m, (RepVGGDW, torch.nn.BatchNorm2d)) for m in fused.blocks.modules())
+    mixer = fused.blocks[0].mixer
+    for conv in (mixer.fc, mixer.conv1, mixer.conv2):  # one conv with bias per layer, 7x7 where RepVGGDW was
+        assert type(conv) is torch.nn.Conv2d and conv.bias is not None
+    assert mixer.conv1.kernel_size == (k, k) and mixer.conv2.kernel_size == (k2, k2)
+    x = torch.randn(4, 1, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), model(x), atol=1e-5, rtol=1e-5)
+    assert count_parameters(fused) < count_parameters(model)
+
+
+def test_training_keeps_the_branches():
+    model = build_backbone(compose_config(["mixer=ffnified", "mixer.kernel_size=7"]))
+    fuse_for_inference(model)  # a fused copy: the training model is untouched
+    mixer = model.blocks[0].mixer
+    assert model.training and isinstance(mixer.conv1, RepVGGDW)
+    assert isinstance(mixer.fc.bn, torch.nn.BatchNorm2d)
+    model(torch.randn(2, 1, 16, 16)).sum().backward()
+    assert mixer.conv1.conv1.c.weight.grad is not None  # the 3x3 branch trains as its own kernel

@@ -5,12 +5,13 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
+from omegaconf import OmegaConf
 
 from mixerlab.backbone import count_parameters
 from mixerlab.build import build_backbone, compose_config
 from mixerlab.errors import ConfigError
 from mixers.contract import TokenLayout
-from mixers.gpsa import GPSA
+from mixers.gpsa import GPSA, ConViTMHSA
 
 
 def explicit_gpsa(m: GPSA, patches: torch.Tensor) -> torch.Tensor:
@@ -87,3 +88,13 @@ def test_convit_preset_is_timms_convit_parameter_for_parameter_and_logit_for_log
     images = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
         assert torch.equal(ours(images), reference(images))  # max abs difference 0 in float32
+
+
+def test_convit_presets_take_convits_mhsa_from_its_own_yaml_without_attentions_ssa_keys():
+    for size in ("tiny", "small", "base"):
+        cfg = compose_config([f"experiment=convit_{size}"])
+        shipped = compose_config(["mixer=convit_mhsa"]).mixer
+        assert OmegaConf.to_container(cfg.mixer) == OmegaConf.to_container(shipped)  # unresolved: the yaml
+        assert cfg.mixer._target_ == "mixers.gpsa.ConViTMHSA" and not {"ssa", "seed"} & set(cfg.mixer)
+    with pytest.raises(TypeError, match="ssa"):  # the option is not one of this mixer's
+        ConViTMHSA(8, TokenLayout(grid=(2, 2), num_prefix=1), num_heads=2, ssa={"factor": 2})

@@ -3,6 +3,7 @@ with the same weights (and EMA, history, metrics) as a run that was never interr
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -179,3 +180,19 @@ def test_resuming_mid_epoch_with_another_world_size_is_refused():
     data.load_state_dict({"epoch": 1, "batches": 3, "batch_size": 16, "world_size": 2})
     with pytest.raises(Exception, match="same devices"):
         data._resume_sampler(EpochSampler(64), world=1)
+
+
+def test_a_run_resumed_mid_epoch_times_only_what_it_trained_since_the_resume(tmp_path):
+    """The clock ticks one second per batch: the resumed epoch's rate is the batch size exactly if the timer
+    counts the images and the seconds since the resume (Lightning skips the epoch-start hook there)."""
+    run = ("trainer.max_epochs=1", "callbacks.checkpoint.every_n_steps=5", "~callbacks.progress",
+           "+trainer.enable_progress_bar=false", "+callbacks.clock._target_=tests.faults.StepClock")
+    run_dir = tmp_path / "run"
+    proc, _ = run_train(run_dir, *run, KILL, "+callbacks.kill.step=7", check=False, env=ENV)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    assert last_checkpoint_step(run_dir) == 5
+    _, summary = run_train(run_dir, *run, env=ENV)
+    assert summary["resumed_from_step"] == 5 and summary["steps"] == 22
+    rows = [row for row in csv.DictReader(open(run_dir / "metrics.csv")) if row.get("train/images_per_s")]
+    assert len(rows) == 1 and float(rows[0]["train/images_per_s"]) == summary["per_device_batch"] == 64
+    assert summary["train_images_per_s"] == 64

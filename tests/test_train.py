@@ -145,3 +145,22 @@ def test_model_info_prints_size_and_cost_without_data():
     assert abs(info["flops"] / 2.52e9 - 1) < 0.03
     weights_grads_adam = 4 * 5_717_416 * 4 / 2**20
     assert info["step_memory_batch"] == 2 and info["step_memory_mb"] > weights_grads_adam
+
+
+@pytest.mark.parametrize(
+    "budget",
+    [
+        ("trainer.max_steps=3",),  # stops inside the first epoch
+        ("trainer.max_epochs=1", "+trainer.limit_train_batches=3"),  # the epoch validated: nothing to add
+        ("trainer.max_epochs=1", "+trainer.limit_train_batches=2", "trainer.check_val_every_n_epoch=2"),
+    ],
+    ids=["max_steps_inside_an_epoch", "last_epoch_validated", "last_epoch_not_a_validation_epoch"],
+)
+def test_every_completed_run_validates_its_final_weights_exactly_once(train_run, budget):
+    _, summary = train_run(*budget, "~callbacks.progress", "+trainer.enable_progress_bar=false")
+    assert summary["status"] == "completed" and summary["top1"] is not None, summary
+    assert summary["best_top1"] == summary["top1"]
+    with open(Path(summary["run_dir"]) / "metrics.csv") as f:
+        validations = [row for row in csv.DictReader(f) if row.get("val/top1")]
+    assert len(validations) == 1 and int(validations[0]["epoch"]) == 0
+    assert float(validations[0]["val/top1"]) == pytest.approx(summary["top1"], abs=0.01)
