@@ -1,4 +1,4 @@
-.PHONY: setup test test-oldest test-newest lint docs
+.PHONY: setup test test-oldest test-newest lint docs fuzz
 
 setup:  ## install system packages (apt) and Python packages (pip)
 	bash scripts/setup.sh
@@ -17,3 +17,6 @@ lint:
 
 docs:   ## serve the documentation site at http://127.0.0.1:8000 (mkdocs-material; built strictly by the tests)
 	python3 -m mkdocs serve
+
+fuzz:   ## the config fuzzer at length: 400 fresh random draws (CI runs 25 fixed ones); see docs/reliability.md
+	MIXERLAB_FUZZ_EXAMPLES=400 MIXERLAB_FUZZ_RANDOM=1 python3 -m pytest -q tests/test_fuzz_config.py

@@ -245,10 +245,11 @@ class ImageNetFFCVDataModule(ImageDataModule):
         device: str | None = None,
         **kwargs,
     ) -> None:
-        require_ffcv()
         check_rgb_source(in_chans, bad_files, "betons")
         if order not in ORDERS:
             raise ConfigError(f"data.order={order!r} must be one of {list(ORDERS)}")
+        self._check_root_dir(root, train_beton, val_beton)  # before ffcv's import: seconds, a bad root none
+        require_ffcv()
         super().__init__(
             img_size=img_size,
             in_chans=in_chans,
@@ -274,7 +275,7 @@ class ImageNetFFCVDataModule(ImageDataModule):
 
     # ------------------------------------------------------------ start-up checks (before any training)
     @staticmethod
-    def _check_root(root, train_beton: str, val_beton: str) -> tuple[Path, Path, Path]:
+    def _check_root_dir(root, train_beton: str, val_beton: str) -> Path:
         if root in (None, "", "None", "null"):
             raise DatasetError(
                 "data.root is not set: pass data.root=/path/to/betons (the --out folder of "
@@ -286,6 +287,11 @@ class ImageNetFFCVDataModule(ImageDataModule):
                 f"data.root={root} does not exist or is not a directory: expected a folder with "
                 f"{train_beton} and {val_beton} (write them with scripts/write_ffcv.py)"
             )
+        return root
+
+    @classmethod
+    def _check_root(cls, root, train_beton: str, val_beton: str) -> tuple[Path, Path, Path]:
+        root = cls._check_root_dir(root, train_beton, val_beton)
         paths = []
         for name in (train_beton, val_beton):
             path = root / name
