@@ -29,6 +29,8 @@ from mixers.contract import TokenLayout, check_heads, mark_optim, split_prefix
 
 
 class GPSA(TimmGPSA):
+    pretrained_family = "gpsa"  # a timm ConViT file's GPSA blocks load here (mixerlab/pretrained.py)
+
     def __init__(
         self,
         dim: int,
@@ -68,6 +70,8 @@ class ConViTMHSA(TimmMHSA):
     The presets select it on top of ``conf/mixer/attention.yaml``, whose SSA keys arrive too: only their
     off values are accepted (this explicit-softmax port has no subsampled mode).
     """
+
+    pretrained_family = "attention"  # qkv and proj as timm's ViT attention: DeiT files load here too
 
     def __init__(
         self,
