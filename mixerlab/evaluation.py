@@ -392,8 +392,8 @@ def evaluate(cfg: DictConfig) -> dict:
 
     quiet_lightning()
     t_start = time.perf_counter()
-    data_choice = cfg.get("data")
-    key = cfg.get("set_name") or (CLEAN if data_choice is None else None)
+    data_given = cfg.get("data")
+    key = cfg.get("set_name") or (CLEAN if data_given is None else None)
     if key is None:
         raise ConfigError("set_name is not set: eval.py names the set after the data= choice")
     target = evaluated(cfg)
@@ -431,7 +431,7 @@ def evaluate(cfg: DictConfig) -> dict:
         ((_, entry),) = results
         entry = {k: round(v, 3) if isinstance(v, float) else v for k, v in entry.items()}
     choice = cfg.get("data_choice")
-    entry["data"] = str(choice if data_choice is not None else _summary(out_dir).get("data") or "run's data")
+    entry["data"] = str(choice if data_given is not None else _summary(out_dir).get("data") or "run's data")
     entry["transform"] = target.transform
     entry["world_size"] = fabric.world_size
     entry["wall_s"] = round(time.perf_counter() - t_start, 2)

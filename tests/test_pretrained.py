@@ -374,3 +374,14 @@ def test_layer_decay_multiplies_a_mixers_own_lr_scale():
     pos_emb = recipe.backbone.blocks[0].mixer.pos_emb
     group = next(g for g in recipe.build_optimizer().param_groups if any(p is pos_emb for p in g["params"]))
     assert group["lr_scale"] == pytest.approx(0.01 * 0.5**4) and group["weight_decay"] == 0.0
+
+
+def test_a_mixerlab_checkpoint_that_recorded_class_paths_still_loads_its_mixers(tmp_path):
+    """ConViT runs written before GPSA declared its family recorded class paths: they resolve to today's
+    families, so the GPSA and MHSA blocks load rather than being initialised afresh."""
+    model = ours("experiment=convit_tiny", "data.img_size=64")
+    paths = ["mixers.gpsa.GPSA"] * 10 + ["mixers.gpsa.ConViTMHSA"] * 2
+    torch.save({"state_dict": {f"backbone.{k}": v for k, v in model.state_dict().items()},
+                "pytorch-lightning_version": "2.5", "mixer_families": paths}, tmp_path / "last.ckpt")
+    report = load_pretrained(ours("experiment=convit_tiny", "data.img_size=64"), tmp_path / "last.ckpt")
+    assert report.source == "mixerlab" and not report.initialised and not report.ignored
