@@ -44,7 +44,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 from torchmetrics import Metric
 
 from data.corruptions import ALEXNET_ERROR
@@ -457,14 +457,14 @@ def evaluate(cfg: DictConfig) -> dict:
     return record
 
 
-def write_predictions(path: Path, dataset, predictions: list) -> None:
+def write_predictions(path: Path, dataset: Dataset, predictions: list) -> None:
     """Each image's file (when the set reads files), label and top-5 classes, in dataset order."""
     rows = [{"index": i, "file": sample_file(dataset, i), "target": target, "top5": top}
             for i, target, top in predictions]
     atomic_write_text(path, json.dumps(rows) + "\n")
 
 
-def sample_file(dataset, index: int) -> str | None:
+def sample_file(dataset: Dataset, index: int) -> str | None:
     """The image file behind ``dataset[index]``, through Subset / transform wrappers; None if unknown."""
     for _ in range(8):
         if isinstance(dataset, Subset):
