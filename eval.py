@@ -1,7 +1,9 @@
-"""Evaluate a run without training: ``python eval.py run=DIR [data=SET] [erf.layers=[0,3]]`` (-m: several).
+"""Evaluate without training: ``python eval.py run=DIR [data=SET] [erf.layers=[0,3]]`` (-m: several), or
+a weights file with no run: ``python eval.py experiment=PRESET init.checkpoint=FILE data=SET``.
 
 run directory (config.yaml, checkpoints/last.ckpt) -> model with EMA weights if kept -> data= set(s)
--> <run>/eval.json (merged with earlier sets) and <run>/erf/*.png (mixerlab/evaluation.py)
+-> <run>/eval.json (merged with earlier sets) and <run>/erf/*.png (mixerlab/evaluation.py);
+a weights file -> the preset's model through mixerlab/pretrained.py -> runs/eval/<preset>/<id>/eval.json
 """
 
 from __future__ import annotations

@@ -22,13 +22,16 @@ Mixer families: a mixer class's ``pretrained_family`` attribute (mixers/contract
 is its own family. A source says which family each of its blocks' mixers is: every timm ViT block holds
 attention; a mixerlab checkpoint records its blocks' families (``mixer_families``, written by the recipe).
 
-Adding a source architecture is one :class:`Source` in ``SOURCES``. For timm's ConViT (``convit_*``), e.g.:
-``signature=r"^blocks\\.0\\.attn\\.gating_param$"``, the same ``attn -> mixer`` rename plus renames of the
-GPSA parameters to the names the GPSA mixer uses, ``mixer_family`` returning ``"gpsa"`` for a block whose
-``gating_param`` is present and ``"attention"`` otherwise (the GPSA mixer declares
-``pretrained_family = "gpsa"``), and ``pos_prefix=()`` (ConViT's position embedding covers the patches
-only). List it before ``timm_vit``: the first source whose signature matches is used. A test builds the
-timm model with random init, saves its state dict and asserts identical logits in the preset.
+Sources: ``mixerlab`` (our checkpoints), ``timm_convit`` (timm's ConViT, ``convit_*``: GPSA blocks hold
+``gating_param``, the later blocks ConViT's MHSA; the position embedding covers the patches only) and
+``timm_vit`` (timm's VisionTransformer, ``vit_*``/``deit_*``, and DeiT's files). Adding a source architecture
+is one :class:`Source` in ``SOURCES``, listed before any source whose signature its files also match (ConViT's
+MHSA blocks carry ``attn.qkv.weight``, timm_vit's signature, so ConViT comes first). A test builds the timm
+model with random init, saves its state dict and asserts identical logits in the preset.
+
+A file the converter cannot map ends in a ConfigError naming the file, the key and both shapes (or, for an
+unknown architecture, a few of its keys with their shapes): a checkpoint is never half-loaded with a raw
+``load_state_dict`` traceback.
 """
 
 from __future__ import annotations
@@ -83,7 +86,22 @@ class Source:
 
 def _recorded_family(state: Mapping, meta: Mapping, i: int) -> str | None:
     families = meta.get("mixer_families") or []
-    return families[i] if i < len(families) else None
+    return _current_family(families[i]) if i < len(families) else None
+
+
+def _current_family(recorded: str) -> str:
+    """A family recorded as a class path (the class had no ``pretrained_family`` when the checkpoint was
+    written) is that class's family today, so declaring one later keeps older checkpoints loading."""
+    module, _, name = recorded.rpartition(".")
+    if not module.startswith("mixers."):  # a file's strings import only our mixers
+        return recorded
+    try:
+        import importlib
+
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return recorded
+    return getattr(cls, "pretrained_family", None) or recorded
 
 
 SOURCES: tuple[Source, ...] = (
@@ -91,6 +109,16 @@ SOURCES: tuple[Source, ...] = (
         name="mixerlab",
         signature=r"^blocks\.\d+\.mixer\.",
         mixer_family=_recorded_family,
+    ),
+    Source(
+        name="timm_convit",  # timm ConVit (convit_tiny/small/base); our GPSA and ConViTMHSA reuse its names
+        signature=r"^blocks\.\d+\.attn\.gating_param$",
+        renames=((r"^blocks\.(\d+)\.attn\.", r"blocks.\1.mixer."),),
+        mixer_family=lambda state, meta, i: (
+            "gpsa" if f"blocks.{i}.mixer.gating_param" in state
+            else "attention" if f"blocks.{i}.mixer.qkv.weight" in state else None
+        ),
+        pos_prefix=(),  # ConViT adds the CLS token after its position embedding
     ),
     Source(
         name="timm_vit",  # timm VisionTransformer (vit_*, deit_*), DeiT's own files, DeiT distilled
@@ -206,11 +234,15 @@ def recognise(state: Mapping[str, torch.Tensor], path: str | Path) -> Source:
         pattern = re.compile(source.signature)
         if any(pattern.search(key) for key in state):
             return source
-    sample = ", ".join(list(state)[:5])
+    sample = ", ".join(f"{key} {_shape(value)}" for key, value in list(state.items())[:5])
     raise ConfigError(
         f"init.checkpoint={str(path)!r}: not a checkpoint this converter reads (keys: {sample}, ...); "
         f"known sources: {[s.name for s in SOURCES]} (mixerlab/pretrained.py SOURCES says how to add one)"
     )
+
+
+def _shape(value) -> tuple | str:
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
 
 
 def renamed(state: Mapping[str, torch.Tensor], source: Source) -> StateDict:
@@ -248,7 +280,10 @@ def resample_pos_embed(
     if side * side != n - src_prefix:
         raise ConfigError(f"init.checkpoint: pos_embed covers {n} tokens, not prefix tokens + a square grid")
     prefix, grid = value[:, :src_prefix], value[:, src_prefix:]
-    new_grid, tgt_prefix = model.layout.grid, model.layout.num_prefix
+    # the model's own prefix positions: none when its embedding covers the patches only (ConViT's
+    # learned_patches), even though a CLS token joins the blocks later
+    new_grid = model.layout.grid
+    tgt_prefix = model.layout.num_prefix if getattr(model, "pos_embed_prefix", True) else 0
     notes = []
     if (side, side) != tuple(new_grid):
         grid = resample_abs_pos_embed(
@@ -262,17 +297,42 @@ def resample_pos_embed(
         prefix = target.detach()[:, :tgt_prefix].clone()
         notes.append("the checkpoint has no prefix position: the CLS position is initialised")
     if src_prefix != tgt_prefix:
-        notes.append(f"prefix positions {src_prefix} -> {tgt_prefix} (the CLS position kept first)")
+        kept = "the CLS position kept first" if tgt_prefix else "the model's covers the patches only"
+        notes.append(f"prefix positions {src_prefix} -> {tgt_prefix} ({kept})")
     out = torch.cat([prefix, grid], dim=1).to(target.dtype)
+    if out.shape != target.shape:
+        raise ConfigError(
+            f"init.checkpoint: pos_embed has shape {tuple(value.shape)} in the checkpoint and "
+            f"{tuple(target.shape)} in the model, and resampling gave {tuple(out.shape)}: build the backbone "
+            "the checkpoint was trained with (backbone.pos_embed, patch_size, data.img_size)"
+        )
     return out, "; ".join(notes) or None
 
 
 # ---------------------------------------------------------------- loading
-def load_pretrained(model: nn.Module, path: str | Path, ema: bool = False) -> InitReport:
-    """Load ``path`` into ``model`` (a mixerlab VisionTransformer) in place and say what happened."""
+@dataclass
+class PretrainedFile:
+    """A weights file read and recognised, not yet loaded: eval.py chooses the image transform by its source
+    before the model is built, and the file is read once."""
+
+    path: Path
+    state: StateDict  # the source's keys, renamed to ours
+    meta: dict
+    source: Source
+    ema: bool
+
+
+def read_pretrained(path: str | Path, ema: bool = False) -> PretrainedFile:
     raw, meta = read_state_dict(path, ema)
     source = recognise(raw, path)
-    state = renamed(raw, source)
+    return PretrainedFile(Path(path), renamed(raw, source), meta, source, ema)
+
+
+def load_pretrained(model: nn.Module, path: str | Path | PretrainedFile, ema: bool = False) -> InitReport:
+    """Load ``path`` (or a file :func:`read_pretrained` has read) into ``model`` (a mixerlab
+    VisionTransformer) in place and say what happened."""
+    file = path if isinstance(path, PretrainedFile) else read_pretrained(path, ema)
+    path, state, meta, source, ema = file.path, file.state, file.meta, file.source, file.ema
     report = InitReport(checkpoint=str(path), source=source.name, weights="ema" if ema else "raw")
     target = model.state_dict()
     ignored = [(re.compile(pattern), why) for pattern, why in source.ignored]
@@ -313,7 +373,10 @@ def load_pretrained(model: nn.Module, path: str | Path, ema: bool = False) -> In
             report.ignored[key] = why
             continue
         new[key] = value.to(target[key].dtype)
-    missing, unexpected = model.load_state_dict(new, strict=False)
+    try:
+        _, unexpected = model.load_state_dict(new, strict=False)
+    except RuntimeError as error:  # a shape check above missed a case: still name the file and the keys
+        raise ConfigError(f"init.checkpoint={str(path)!r} does not fit the model: {error}") from None
     assert not unexpected, unexpected  # every key in `new` is one of the model's
     report.loaded = [k for k in target if k in new]
     report.initialised = [k for k in target if k not in new]

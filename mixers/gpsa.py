@@ -29,6 +29,8 @@ from mixers.contract import TokenLayout, check_heads, mark_optim, split_prefix
 
 
 class GPSA(TimmGPSA):
+    pretrained_family = "gpsa"  # a timm ConViT file's GPSA blocks load here (mixerlab/pretrained.py)
+
     def __init__(
         self,
         dim: int,
@@ -69,6 +71,8 @@ class ConViTMHSA(TimmMHSA):
     Its own mixer rather than ``mixer=attention`` with options: the explicit softmax is what makes the
     presets' logits equal timm's, and it has none of that mixer's SSA options.
     """
+
+    pretrained_family = "attention"  # qkv and proj as timm's ViT attention: DeiT files load here too
 
     def __init__(
         self,

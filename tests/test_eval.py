@@ -3,6 +3,7 @@ EMA weights, class checks, mCE, exactly-once counting on 2 processes, receptive 
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -359,3 +360,143 @@ def test_report_shows_robustness_table_plot_and_receptive_fields(tmp_path):
     md = md_path.read_text()
     assert "## Robustness" in md and "| mixer=attention | 92.00 ± 1.41 (n=2) | 62.00 ± 2.83 (n=2)" in md
     assert "## Effective receptive fields" in md
+
+
+# ---------------------------------------------------------------------------------------------- weights file
+@pytest.fixture(scope="module")
+def timm_file(tmp_path_factory) -> tuple[Path, Path, torch.nn.Module]:
+    """A timm DeiT-Ti file (random init, its matrices x8 so that predictions follow the pixels rather than
+    the init's near-constant logits) and an ImageNetV2-layout folder of 12 images of assorted sizes: the
+    even ones filed under the class timm's own pipeline predicts for them, the odd ones under another."""
+    import timm
+    from timm.data import create_transform, resolve_data_config
+
+    root = tmp_path_factory.mktemp("weights")
+    torch.manual_seed(0)
+    model = timm.create_model("deit_tiny_patch16_224", pretrained=False).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim > 1:
+                p.mul_(8)
+    torch.save(model.state_dict(), root / "deit_tiny.pth")
+    transform = create_transform(**resolve_data_config({}, model=model))
+    rng = np.random.default_rng(0)
+    files = [jpeg_bytes(class_image(rng, k, 1000, tuple(int(s) for s in rng.integers(60, 320, 2))))
+             for k in range(12)]
+    with torch.no_grad():
+        preds = model(torch.stack([transform(Image.open(io.BytesIO(f)).convert("RGB")) for f in files]))
+    for i in range(1000):
+        (root / "v2" / str(i)).mkdir(parents=True)
+    for k, (data, pred) in enumerate(zip(files, preds.argmax(-1).tolist(), strict=True)):
+        (root / "v2" / str(pred if k % 2 == 0 else (pred + 1) % 1000) / f"img_{k}.jpeg").write_bytes(data)
+    return root / "deit_tiny.pth", root / "v2", model
+
+
+def timm_predictions(model: torch.nn.Module, folder: Path) -> dict[str, tuple[int, list[int]]]:
+    """timm's own evaluation: resolve_data_config + create_transform, eval mode; file -> (label, top-5)."""
+    from timm.data import create_transform, resolve_data_config
+
+    transform = create_transform(**resolve_data_config({}, model=model))
+    out = {}
+    with torch.no_grad():
+        for path in sorted(folder.glob("*/*.jpeg")):
+            logits = model(transform(Image.open(path).convert("RGB"))[None])
+            out[str(path)] = (int(path.parent.name), logits.topk(5, dim=-1).indices[0].tolist())
+    return out
+
+
+def predictions_of(out_dir: Path, name: str = "imagenet_v2") -> dict[str, tuple[int, list[int]]]:
+    rows = json.loads((out_dir / "predictions" / f"{name}.json").read_text())
+    return {row["file"]: (row["target"], row["top5"]) for row in rows}
+
+
+def test_a_timm_file_is_evaluated_without_a_run_and_matches_timms_pipeline_image_for_image(timm_file,
+                                                                                          tmp_path):
+    """eval.py experiment=deit_tiny init.checkpoint=FILE data=imagenet_v2: the same per-image top-5 and
+    top-1 as timm's pipeline, because a timm file is read with timm's data config (crop 0.9, not the DeiT
+    recipe's 0.875); with the data config's crop instead, some image's predictions differ."""
+    path, folder, model = timm_file
+    proc = run_eval("experiment=deit_tiny", f"init.checkpoint={path}", "data=imagenet_v2",
+                    f"data.root={folder}", "data.num_workers=0", "predictions=true",
+                    f"out={tmp_path / 'timm'}")
+    record = eval_json(tmp_path / "timm")
+    entry = record["sets"]["imagenet_v2"]
+    reference = timm_predictions(model, folder)
+    assert predictions_of(tmp_path / "timm") == reference
+    top1 = 100.0 * sum(label == top[0] for label, top in reference.values()) / len(reference)
+    assert entry["top1"] == pytest.approx(top1, abs=1e-3) and 0 < top1 < 100 and entry["images"] == 12
+    assert entry["transform"]["from"] == "timm deit_tiny_patch16_224"
+    assert entry["transform"]["crop_pct"] == 0.9
+    assert record["source"] == "timm_vit" and record["experiment"] == "deit_tiny"
+    assert record["init"]["num_initialised"] == 0 and record["checkpoint"] == str(path)
+    assert (tmp_path / "timm" / "eval_config.yaml").is_file() and "eval imagenet_v2" in proc.stdout
+
+    evaluate_in_process("experiment=deit_tiny", f"init.checkpoint={path}", "data=imagenet_v2",
+                        f"data.root={folder}", "data.num_workers=0", "predictions=true", "transform=data",
+                        f"out={tmp_path / 'data'}")
+    assert eval_json(tmp_path / "data")["sets"]["imagenet_v2"]["transform"] == {"from": "data config"}
+    assert predictions_of(tmp_path / "data") != reference  # the crop matters: the test can see it
+
+
+def test_each_weights_file_evaluation_gets_a_new_directory_and_a_mixerlab_file_its_data_config(
+        timm_file, tmp_path, monkeypatch):
+    """Without out=, runs/eval/<preset>/<run id>, new each time. The same weights as a mixerlab checkpoint
+    are read with the preset's data config, and predict as the timm file does under that config."""
+    path, folder, model = timm_file
+    state = {f"backbone.{k.replace('.attn.', '.mixer.')}": v for k, v in model.state_dict().items()}
+    ckpt = tmp_path / "last.ckpt"
+    torch.save({"state_dict": state, "pytorch-lightning_version": "2.5",
+                "mixer_families": ["attention"] * 12}, ckpt)
+    monkeypatch.chdir(tmp_path)
+    common = ("experiment=deit_tiny", "data=imagenet_v2", f"data.root={folder}", "data.num_workers=0",
+              "predictions=true")
+    evaluate_in_process(*common, f"init.checkpoint={path}", "transform=data")
+    evaluate_in_process(*common, f"init.checkpoint={ckpt}")
+    made = sorted((tmp_path / "runs" / "eval" / "deit_tiny").iterdir(), key=lambda d: d.stat().st_mtime)
+    first, second = made
+    assert first != second
+    assert eval_json(second)["source"] == "mixerlab"
+    assert eval_json(second)["sets"]["imagenet_v2"]["transform"] == {"from": "data config"}
+    assert predictions_of(first) == predictions_of(second)
+    with pytest.raises(ConfigError, match=r"holds the evaluation of .*deit_tiny\.pth"):
+        evaluate_in_process(*common, f"init.checkpoint={ckpt}", f"out={first}")
+
+
+def test_bad_weights_file_commands_are_config_errors_before_a_model_is_built(timm_file, tmp_path,
+                                                                             monkeypatch):
+    path, folder, _ = timm_file
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was built")
+
+    monkeypatch.setattr("mixerlab.build.build_backbone", no_model)
+    v2 = ("data=imagenet_v2", f"data.root={folder}")
+    cases = [
+        ((), "nothing to evaluate: pass run="),
+        ((f"run={tmp_path}", f"init.checkpoint={path}"), "are both set"),
+        (("experiment=deit_tiny", f"init.checkpoint={tmp_path / 'no.pth'}", *v2), "no.pth'?: no such file"),
+        ((f"init.checkpoint={path}", *v2), "needs experiment=PRESET"),
+        ((f"run={tmp_path}", "experiment=deit_tiny"), "experiment=deit_tiny is for init.checkpoint"),
+        (("experiment=gfnet_ti", f"init.checkpoint={path}", "transform=timm", *v2), "no timm counterpart"),
+        (("experiment=deit_tiny", f"init.checkpoint={path}", "weights=ema", *v2), "init.ema=true"),
+    ]
+    for overrides, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            evaluate_in_process(*overrides)
+
+
+def test_a_crop_given_on_the_command_line_wins_over_timms():
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    from mixerlab.evaluation import transform_settings
+
+    register_eval_resolvers()
+    for overrides in [(), ("data.crop_pct=0.95",)]:
+        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+            cfg = compose(config_name="eval", return_hydra_config=True,
+                          overrides=["experiment=convit_tiny", "data=imagenet_v2", *overrides])
+        HydraConfig.instance().set_config(cfg)
+        settings, origin = transform_settings(cfg, "convit_tiny", "timm_convit")
+        assert origin == "timm convit_tiny" and settings.get("crop_pct") == (None if overrides else 0.875)
+        assert settings["eval_interpolation"] == "bicubic"  # ConViT's timm config: crop 0.875, bicubic

@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 from mixerlab.backbone import count_parameters
 from mixerlab.build import build_backbone, compose_config
 from mixerlab.errors import ConfigError
+from mixerlab.pretrained import load_pretrained
 from mixers.contract import TokenLayout
 from mixers.gpsa import GPSA, ConViTMHSA
 
@@ -73,18 +74,17 @@ def test_cls_from_layer_names_impossible_combinations(override, message):
         build_backbone(compose_config([*base, override]))
 
 
-def timm_to_ours(state: dict) -> dict:
-    """timm ConVit keys -> ours: the blocks' ``attn`` is our ``mixer``; every other name is shared."""
-    return {k.replace(".attn.", ".mixer."): v for k, v in state.items()}
-
-
 @pytest.mark.parametrize("size", ["tiny", "small", "base"])
-def test_convit_preset_is_timms_convit_parameter_for_parameter_and_logit_for_logit(size):
+def test_convit_preset_is_timms_convit_parameter_for_parameter_and_logit_for_logit(size, tmp_path):
+    """timm's ConViT file through the converter (its timm_convit source), not a hand-written key map."""
     torch.manual_seed(0)
     reference = timm.create_model(f"convit_{size}", pretrained=False).eval()
+    torch.save(reference.state_dict(), tmp_path / f"convit_{size}.pth")
     ours = build_backbone(compose_config([f"experiment=convit_{size}"])).eval()
     assert count_parameters(ours) == count_parameters(reference)
-    ours.load_state_dict(timm_to_ours(reference.state_dict()), strict=True)
+    report = load_pretrained(ours, tmp_path / f"convit_{size}.pth")
+    assert report.source == "timm_convit" and not report.ignored and not report.resampled
+    assert report.loaded == list(ours.state_dict())  # every tensor, none initialised
     images = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
         assert torch.equal(ours(images), reference(images))  # max abs difference 0 in float32

@@ -17,8 +17,9 @@ from safetensors.torch import save_file
 
 from mixerlab.build import build_backbone, build_recipe, compose_config
 from mixerlab.errors import ConfigError
-from mixerlab.pretrained import load_pretrained
+from mixerlab.pretrained import apply_init, load_pretrained
 from scripts.make_fixture_imagenet import main as make_fixture
+from tests.conftest import REPO
 
 SPECTRAL_FIRST_4 = "backbone.schedule=[{layers: 4, mixer: spectral}]"  # conf/mixer/spectral.yaml's mixer
 
@@ -126,9 +127,89 @@ def test_a_pickled_object_in_the_file_is_refused_by_weights_only(files):
 def test_missing_file_and_foreign_state_dict_are_config_errors(files):
     with pytest.raises(ConfigError, match="no such file"):
         load_pretrained(ours("experiment=deit_tiny"), files / "nope.pth")
-    torch.save({"conv1.weight": torch.zeros(3)}, files / "resnet.pth")
-    with pytest.raises(ConfigError, match="not a checkpoint this converter reads"):
+    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, files / "resnet.pth")
+    with pytest.raises(ConfigError, match=r"not a checkpoint this converter reads \(keys: conv1\.weight "
+                                          r"\(64, 3, 7, 7\)"):
         load_pretrained(ours("experiment=deit_tiny"), files / "resnet.pth")
+
+
+# ---------------------------------------------------------------- every preset with a timm counterpart
+def timm_counterparts() -> dict[str, str]:
+    """conf/eval.yaml's preset -> timm model table (eval.py reads timm's data config through it)."""
+    from omegaconf import OmegaConf
+
+    return dict(OmegaConf.load(REPO / "conf" / "eval.yaml").timm_counterparts)
+
+
+def test_the_presets_with_a_timm_counterpart_are_deit_and_convit():
+    """timm has no GFNet, SpectFormer, FF-only, Fibottention, ToST or axial ViT; Fibottention and the axial
+    ViT hold DeiT's parameters but mix other tokens, so their logits are not a timm model's."""
+    table = timm_counterparts()
+    sizes = ("tiny", "small", "base")
+    assert table == {**{f"deit_{s}": f"deit_{s}_patch16_224" for s in sizes},
+                     **{f"convit_{s}": f"convit_{s}" for s in sizes}}
+    assert all((REPO / "conf" / "experiment" / f"{preset}.yaml").is_file() for preset in table)
+    assert set(table.values()) <= set(timm.list_models())
+    docs = (REPO / "docs" / "evaluation.md").read_text()
+    assert all(f"`{preset}`" in docs and f"`{name}`" in docs for preset, name in table.items())
+
+
+@pytest.mark.parametrize("preset", sorted(timm_counterparts()))
+def test_every_timm_counterpart_loads_through_init_checkpoint_with_identical_logits(preset, tmp_path):
+    """Random-init timm model -> its state dict in a file -> the preset built with init.checkpoint=FILE (as
+    train.py and eval.py build it) -> the same logits. At 64 px (a 4x4 grid) on both sides: cheap on a CPU."""
+    torch.manual_seed(0)
+    reference = timm.create_model(timm_counterparts()[preset], pretrained=False, img_size=64).eval()
+    torch.save(reference.state_dict(), tmp_path / "timm.pth")
+    cfg = compose_config([f"experiment={preset}", "data.img_size=64",
+                          f"init.checkpoint={tmp_path / 'timm.pth'}"])
+    model = build_backbone(cfg).eval()
+    report = apply_init(cfg.init, model)
+    assert report["source"] == ("timm_convit" if preset.startswith("convit") else "timm_vit")
+    assert not report["initialised"] and not report["ignored"] and not report["resampled"]
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert (model(x) - reference(x)).abs().max().item() <= 1e-5
+
+
+def test_convit_and_deit_files_cross_load_with_surgery_and_the_right_position_embedding(tmp_path):
+    """A DeiT file in ConViT-Ti: GPSA blocks initialised, the MHSA blocks' attention loaded, the CLS position
+    dropped (ConViT's embedding covers the patches); a ConViT file in DeiT-Ti: the reverse."""
+    torch.manual_seed(0)
+    deit = timm.create_model("deit_tiny_patch16_224", pretrained=False, img_size=64)
+    convit = timm.create_model("convit_tiny", pretrained=False, img_size=64)
+    torch.save(deit.state_dict(), tmp_path / "deit.pth")
+    torch.save(convit.state_dict(), tmp_path / "convit.pth")
+    model = ours("experiment=convit_tiny", "data.img_size=64")
+    report = load_pretrained(model, tmp_path / "deit.pth")
+    assert "blocks.0.mixer.gating_param" in report.initialised
+    assert "blocks.0.mixer.qkv.weight" in report.ignored  # DeiT's attention has no place in a GPSA block
+    assert torch.equal(model.blocks[10].mixer.qkv.weight, deit.blocks[10].attn.qkv.weight)
+    assert torch.equal(model.pos_embed, deit.pos_embed.detach()[:, 1:])
+    assert "1 -> 0" in report.resampled["pos_embed"]
+    model = ours("experiment=deit_tiny", "data.img_size=64")
+    report = load_pretrained(model, tmp_path / "convit.pth")
+    assert report.source == "timm_convit" and "blocks.0.mixer.qkv.weight" in report.initialised
+    assert torch.equal(model.blocks[11].mixer.proj.weight, convit.blocks[11].attn.proj.weight)
+    assert torch.equal(model.pos_embed[:, 1:], convit.pos_embed.detach())  # its CLS position initialised
+
+
+@pytest.mark.parametrize(
+    ("file", "preset", "message"),
+    [
+        ("convit_small", "convit_tiny",
+         r"cls_token has shape \(1, 1, 432\) in the checkpoint but \(1, 1, 192\) in the model"),
+        ("deit_small_patch16_224", "deit_tiny", r"cls_token has shape \(1, 1, 384\) in the checkpoint but "),
+        ("resnet18", "convit_tiny", r"converter reads \(keys: conv1\.weight \(64, 3, 7, 7\)"),
+    ],
+)
+def test_a_file_the_converter_cannot_map_is_a_config_error_naming_key_and_shapes(file, preset, message,
+                                                                                 tmp_path):
+    torch.manual_seed(0)
+    kwargs = {} if file == "resnet18" else {"img_size": 64}
+    torch.save(timm.create_model(file, pretrained=False, **kwargs).state_dict(), tmp_path / "w.pth")
+    with pytest.raises(ConfigError, match=message):
+        load_pretrained(ours(f"experiment={preset}", "data.img_size=64"), tmp_path / "w.pth")
 
 
 # ---------------------------------------------------------------- what differs
@@ -293,3 +374,14 @@ def test_layer_decay_multiplies_a_mixers_own_lr_scale():
     pos_emb = recipe.backbone.blocks[0].mixer.pos_emb
     group = next(g for g in recipe.build_optimizer().param_groups if any(p is pos_emb for p in g["params"]))
     assert group["lr_scale"] == pytest.approx(0.01 * 0.5**4) and group["weight_decay"] == 0.0
+
+
+def test_a_mixerlab_checkpoint_that_recorded_class_paths_still_loads_its_mixers(tmp_path):
+    """ConViT runs written before GPSA declared its family recorded class paths: they resolve to today's
+    families, so the GPSA and MHSA blocks load rather than being initialised afresh."""
+    model = ours("experiment=convit_tiny", "data.img_size=64")
+    paths = ["mixers.gpsa.GPSA"] * 10 + ["mixers.gpsa.ConViTMHSA"] * 2
+    torch.save({"state_dict": {f"backbone.{k}": v for k, v in model.state_dict().items()},
+                "pytorch-lightning_version": "2.5", "mixer_families": paths}, tmp_path / "last.ckpt")
+    report = load_pretrained(ours("experiment=convit_tiny", "data.img_size=64"), tmp_path / "last.ckpt")
+    assert report.source == "mixerlab" and not report.initialised and not report.ignored
