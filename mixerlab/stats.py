@@ -1,0 +1,250 @@
+"""Comparing configurations over a few seeds: intervals, pairwise tests, seed-unstable cells, an aggregate.
+
+Every figure the report and the adaptive-seed sweeper print about "which mixer is better" comes from here, so
+that both use one set of rules (shared/docs/STATISTICS.md has the facts behind each choice):
+
+    summarize(values)          n, mean, std and a Student-t interval of the mean: honest at n = 2-10, where a
+                               bootstrap of 2 values takes only 3 distinct means and under-covers
+    compare(a, b)              Welch's difference of means with its interval and two-sided p, the probability
+                               of improvement (Mann-Whitney U / n·m) with a bootstrap interval, and the seeds
+                               per arm that would separate the pair (power of a t-test at the observed effect)
+    holm(p_values)             Holm-Bonferroni over a family of pairs: which are separated
+    learned_mask / seed_unstable / rate_interval
+                               "did the run learn the task" as its own outcome, with a Wilson interval on the
+                               rate, for cells whose seeds split between chance and far above it
+    stratified_iqm(tasks)      the interquartile mean of chance-normalised scores across tasks, with a
+                               stratified bootstrap interval (runs resampled within each task, as rliable
+                               does)
+
+The formulas are scipy.stats'. Written here: Holm's step-down (scipy has Benjamini-Hochberg,
+``false_discovery_control``, but not Holm) and the guards for the degenerate cases that few seeds produce
+(one seed, zero spread), which scipy answers with NaN.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats as sps
+
+CONFIDENCE = 0.95
+ALPHA = 0.05
+POWER = 0.8
+MAX_SEEDS_ESTIMATE = 1000  # past this, "seeds to separate" is reported as unknown (None)
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A confidence interval; ``±inf`` where the data cannot bound it (one seed)."""
+
+    low: float
+    high: float
+    method: str
+
+    def contains(self, value: float) -> bool:
+        return self.low <= value <= self.high
+
+    @property
+    def bounded(self) -> bool:
+        return math.isfinite(self.low) and math.isfinite(self.high)
+
+
+UNBOUNDED = "one seed: no interval"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One configuration's values (one per seed) summarised."""
+
+    n: int
+    mean: float
+    std: float | None  # sample std (ddof 1); None at n = 1
+    interval: Interval
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A against B: positive ``diff`` means A's mean is higher."""
+
+    n_a: int
+    n_b: int
+    diff: float
+    interval: Interval  # Welch interval of the difference of means
+    p_value: float  # two-sided Welch test, uncorrected; 1.0 where the test is undefined
+    prob_improvement: float  # P(A > B) + ½ P(A = B) over all seed pairs
+    prob_interval: Interval
+    seeds_needed: int | None  # seeds per arm for 80% power at the observed effect; None when unknown
+
+
+def _array(values: Sequence[float]) -> np.ndarray:
+    array = np.asarray(list(values), dtype=float)
+    if array.ndim != 1 or array.size == 0:
+        raise ValueError(f"need one or more values, got {values!r}")
+    return array
+
+
+def summarize(values: Sequence[float], confidence: float = CONFIDENCE) -> Cell:
+    """Mean with a Student-t interval (``scipy.stats.t.interval``); unbounded at n = 1."""
+    x = _array(values)
+    n, mean = x.size, float(x.mean())
+    if n == 1:
+        return Cell(1, mean, None, Interval(-math.inf, math.inf, UNBOUNDED))
+    std = float(x.std(ddof=1))
+    if std == 0.0:
+        return Cell(n, mean, 0.0, Interval(mean, mean, "t"))
+    low, high = sps.t.interval(confidence, df=n - 1, loc=mean, scale=std / math.sqrt(n))
+    return Cell(n, mean, std, Interval(float(low), float(high), "t"))
+
+
+def _prob_improvement(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+    """P(x > y) + ½ P(x = y) over all pairs; vectorised over leading axes for ``scipy.stats.bootstrap``."""
+    x = np.moveaxis(np.asarray(x), axis, -1)[..., :, None]
+    y = np.moveaxis(np.asarray(y), axis, -1)[..., None, :]
+    return (x > y).mean(axis=(-2, -1)) + 0.5 * (x == y).mean(axis=(-2, -1))
+
+
+def compare(a: Sequence[float], b: Sequence[float], confidence: float = CONFIDENCE,
+            n_resamples: int = 2000, seed: int = 0) -> Comparison:
+    """Welch's test and interval for mean(a) − mean(b), and the probability of improvement of a over b.
+
+    With one seed on either side (no variance to estimate) the test is undefined: p = 1 and the interval is
+    unbounded. With zero spread on both sides, two different means are separated (p = 0) and equal ones are
+    not (p = 1). The probability of improvement's interval is a percentile bootstrap over both samples; it
+    under-covers below about 8 seeds a side, as every bootstrap does, and is [0, 1] with one seed."""
+    x, y = _array(a), _array(b)
+    diff = float(x.mean() - y.mean())
+    if x.size < 2 or y.size < 2:
+        p_value, interval = 1.0, Interval(-math.inf, math.inf, UNBOUNDED)
+    elif x.std() == 0.0 and y.std() == 0.0:
+        p_value = 0.0 if diff != 0.0 else 1.0
+        interval = Interval(diff, diff, "welch")
+    else:
+        result = sps.ttest_ind(x, y, equal_var=False)
+        ci = result.confidence_interval(confidence)
+        p_value = float(result.pvalue)
+        interval = Interval(float(ci.low), float(ci.high), "welch")
+    poi = float(_prob_improvement(x, y))
+    if x.size < 2 or y.size < 2 or (x.std() == 0.0 and y.std() == 0.0):
+        prob_interval = Interval(poi, poi, "exact") if x.std() == y.std() == 0.0 and min(x.size, y.size) > 1 \
+            else Interval(0.0, 1.0, UNBOUNDED)
+    else:
+        boot = sps.bootstrap((x, y), _prob_improvement, n_resamples=n_resamples, confidence_level=confidence,
+                             method="percentile", vectorized=True, paired=False,
+                             random_state=np.random.default_rng(seed))
+        prob_interval = Interval(float(boot.confidence_interval.low), float(boot.confidence_interval.high),
+                                 "bootstrap percentile")
+    return Comparison(n_a=int(x.size), n_b=int(y.size), diff=diff, interval=interval, p_value=p_value,
+                      prob_improvement=poi, prob_interval=prob_interval,
+                      seeds_needed=seeds_to_separate(x, y))
+
+
+def holm(p_values: Sequence[float], alpha: float = ALPHA) -> list[bool]:
+    """Holm-Bonferroni step-down: which hypotheses of the family are rejected (the pair is separated), with
+    the family-wise error held at ``alpha``. The i-th smallest p (from 0) is compared with alpha / (m − i);
+    the first that fails stops the procedure."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    rejected = [False] * len(p_values)
+    m = len(p_values)
+    for rank, i in enumerate(order):
+        if not p_values[i] <= alpha / (m - rank):
+            break
+        rejected[i] = True
+    return rejected
+
+
+def t_test_power(n: int, effect: float, alpha: float = ALPHA) -> float:
+    """Power of a two-sided two-sample t-test with n seeds per arm at standardised effect |Δ| / σ
+    (noncentral t, ``scipy.stats.nct``)."""
+    df = 2 * n - 2
+    noncentrality = abs(effect) * math.sqrt(n / 2)
+    critical = sps.t.ppf(1 - alpha / 2, df)
+    return float(sps.nct.sf(critical, df, noncentrality) + sps.nct.cdf(-critical, df, noncentrality))
+
+
+def seeds_to_separate(a: Sequence[float], b: Sequence[float], alpha: float = ALPHA,
+                      power: float = POWER) -> int | None:
+    """Seeds per arm at which a t-test at ``alpha`` separates the pair with ``power``, if the observed
+    difference and pooled spread are the truth. The noncentral t replaces the normal approximation
+    n ≈ 2 (z₁₋α/₂ + z₁₋β)² σ² / Δ², which is too optimistic at the small n this is used for.
+
+    None when it cannot be estimated (no spread known, no difference observed) or exceeds
+    ``MAX_SEEDS_ESTIMATE``; 2 when both sides have zero spread and differ."""
+    x, y = _array(a), _array(b)
+    delta = abs(float(x.mean() - y.mean()))
+    variances = [float(v.var(ddof=1)) for v in (x, y) if v.size > 1]
+    if delta == 0.0 or not variances:
+        return None
+    sigma = math.sqrt(sum(variances) / len(variances))
+    if sigma == 0.0:
+        return 2
+    effect = delta / sigma
+    n = 2
+    while t_test_power(n, effect, alpha) < power:
+        n = n * 2 if n < 64 else n + 64  # bracket, then bisect below
+        if n > MAX_SEEDS_ESTIMATE:
+            return None
+    low = max(2, n // 2 if n <= 128 else n - 64)
+    while low < n:  # smallest n in (low, n] with enough power
+        mid = (low + n) // 2
+        if t_test_power(mid, effect, alpha) >= power:
+            n = mid
+        else:
+            low = mid + 1
+    return n
+
+
+def learned_mask(values: Sequence[float], threshold: float) -> list[bool]:
+    """Which seeds learned the task: strictly above ``threshold`` (a control's upper bound, or chance plus a
+    margin)."""
+    return [float(v) > threshold for v in values]
+
+
+def seed_unstable(values: Sequence[float], threshold: float) -> bool:
+    """Seeds split between not learning and learning: a mean of such a cell describes no run."""
+    mask = learned_mask(values, threshold)
+    return any(mask) and not all(mask)
+
+
+def rate_interval(k: int, n: int, confidence: float = CONFIDENCE) -> Interval:
+    """Wilson interval of a rate of k in n (``scipy.stats.binomtest``)."""
+    ci = sps.binomtest(k, n).proportion_ci(confidence_level=confidence, method="wilson")
+    return Interval(float(ci.low), float(ci.high), "wilson")
+
+
+def chance_normalised(top1: float, chance: float) -> float:
+    """0 at chance, 1 at 100% (top-1 in percent)."""
+    return (top1 - chance) / (100.0 - chance)
+
+
+def _iqm(*samples: np.ndarray, axis: int = -1) -> np.ndarray:
+    pooled = np.concatenate([np.asarray(s) for s in samples], axis=axis)
+    return sps.trim_mean(pooled, 0.25, axis=axis)
+
+
+def stratified_iqm(scores_by_task: Sequence[Sequence[float]], confidence: float = CONFIDENCE,
+                   n_resamples: int = 2000, seed: int = 0) -> tuple[float, Interval]:
+    """Interquartile mean (25% trimmed from each end) of the scores of every run on every task, with a
+    stratified bootstrap interval: each resample redraws the runs of each task from that task's own runs
+    (``scipy.stats.bootstrap`` with independent samples), so a task never borrows runs from another.
+
+    Unbounded when every task has a single run (there is nothing to resample)."""
+    samples = [_array(task) for task in scores_by_task]
+    point = float(_iqm(*samples))
+    varied = [s for s in samples if s.size > 1]
+    if not varied:
+        return point, Interval(-math.inf, math.inf, UNBOUNDED)
+    # a task with one run resamples to itself: held fixed (scipy's bootstrap wants two or more per sample)
+    fixed = [s for s in samples if s.size == 1]
+
+    def statistic(*resampled: np.ndarray, axis: int = -1) -> np.ndarray:
+        shape = resampled[0].shape[:-1]
+        return _iqm(*resampled, *(np.broadcast_to(s, (*shape, 1)) for s in fixed), axis=axis)
+
+    boot = sps.bootstrap(varied, statistic, n_resamples=n_resamples, confidence_level=confidence,
+                         method="percentile", vectorized=True, paired=False,
+                         random_state=np.random.default_rng(seed))
+    ci = boot.confidence_interval
+    return point, Interval(float(ci.low), float(ci.high), "stratified bootstrap percentile")
