@@ -15,6 +15,8 @@ written anew, because the stock one cannot run a sweep on a laptop:
 - each job's process learns its share of the cores (``MIXERLAB_CORES_PER_JOB``, read by
   ``fastpath.cpu_threads: auto``) without a config change, so its config, its directory name and its
   weights are those of the same job run alone with that many threads.
+- a job that completed before is skipped here (as ``mixerlab.sweep.run_job`` would skip it) without the
+  seconds a new process costs to start;
 - a line per job start and finish, with counts and an ETA: the jobs' own output goes to their log files.
 
 hydra-joblib-launcher was the other kept option; a loky worker that dies takes the whole ``Parallel`` down
@@ -114,6 +116,12 @@ class LocalParallelLauncher(LocalLauncher):
                 while waiting and len(running) < self.jobs:
                     i, overrides = waiting.pop(0)
                     idx = initial_job_idx + i
+                    done_before = self._completed_before(overrides, sweep_dir)
+                    if done_before is not None:  # as run_job would, without starting a process for it
+                        results[i] = done_before
+                        print(f"[local_parallel] skip   #{idx} {self._name(overrides)}: completed before | "
+                              f"{len(results)}/{total} done", flush=True)
+                        continue
                     job = executor.submit(self, list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}",
                                           Singleton.get_state())
                     running[i] = (job, time.monotonic())
@@ -147,6 +155,16 @@ class LocalParallelLauncher(LocalLauncher):
 
     def _run_dir(self, overrides: Sequence[str], sweep_dir: Path) -> Path:
         return sweep_dir / self._name(overrides)
+
+    def _completed_before(self, overrides: Sequence[str], sweep_dir: Path) -> JobReturn | None:
+        from mixerlab.sweep import read_summary
+
+        run_dir = self._run_dir(overrides, sweep_dir)
+        summary = read_summary(run_dir)
+        if not summary or summary.get("status") != "completed":
+            return None
+        return JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED,
+                         _return_value=summary.get("top1"), working_dir=str(run_dir))
 
     def _outcome(self, result: JobReturn, overrides: Sequence[str], sweep_dir: Path) -> str:
         from mixerlab.sweep import read_summary
