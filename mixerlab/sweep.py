@@ -165,6 +165,9 @@ class SweepPlan:
 
             settings = OmegaConf.to_container(sweeper, resolve=True)
             rule = SeedRule.from_settings(settings)
+            if OmegaConf.select(config, rule.seed_key, default="__missing__") == "__missing__":
+                raise ValueError(f"hydra.sweeper.seed_key={rule.seed_key!r}: the config has no such key "
+                                 "to put the seed in")
             given = [a for a in arguments if _key(a) == rule.seed_key]
             if given:
                 raise ValueError(f"{given[-1]}: hydra/sweeper=until_separated picks the seeds itself "
