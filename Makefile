@@ -1,4 +1,4 @@
-.PHONY: setup test test-oldest test-newest lint
+.PHONY: setup test test-oldest test-newest lint docs
 
 setup:  ## install system packages (apt) and Python packages (pip)
 	bash scripts/setup.sh
@@ -14,3 +14,6 @@ test-newest:  ## the suite on the newest supported torch
 
 lint:
 	ruff check .
+
+docs:   ## serve the documentation site at http://127.0.0.1:8000 (mkdocs-material; built strictly by the tests)
+	python3 -m mkdocs serve

@@ -1,9 +1,14 @@
-"""Experiment loggers (conf/logger/): metrics.csv always, Weights & Biases when asked, safe offline.
+"""Experiment loggers (conf/logger/): metrics.csv always, a local dashboard or Weights & Biases when asked.
 
 - ``logger=csv`` (default): :class:`ResumableCSVLogger`, one row per epoch in ``<run dir>/metrics.csv``.
+- ``logger=tensorboard``: :class:`SweepTensorBoardLogger`, event files in ``<run dir>/tensorboard/``, so
+  ``tensorboard --logdir runs/sweeps/<sweep>`` shows one sweep's runs together, each with its mixer, seed
+  and full config in the HParams tab.
+- ``logger=mlflow``: :class:`SweepMLflowLogger`, a local sqlite store (``runs/mlflow.db``), one MLflow
+  experiment per sweep, mixer and seed as run parameters; ``mlflow ui`` opens it. No account, no server.
 - ``logger=wandb``: Lightning's ``WandbLogger`` from :func:`wandb_logger`, grouped by sweep, with the full
   resolved config. Without an API key or a network it runs offline and says how to ``wandb sync`` later.
-- ``logger=[csv,wandb]`` or ``logger=many``: both.
+- ``logger=[csv,wandb]``, ``logger=[csv,tensorboard,mlflow]`` or ``logger=many`` (csv and wandb): several.
 
 Each job of a multirun finishes its wandb run (:func:`finish_loggers`); otherwise the next job's
 ``WandbLogger`` would attach to the same wandb run (../shared/docs/REFERENCE.md section 6).
@@ -12,21 +17,27 @@ Each job of a multirun finishes its wandb run (:func:`finish_loggers`); otherwis
 from __future__ import annotations
 
 import csv
+import fcntl
 import logging
 import netrc
 import os
 import socket
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
-from omegaconf import DictConfig
+from lightning.pytorch.loggers.logger import rank_zero_experiment
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
 
 from mixerlab.redact import redacted_config
+from mixerlab.run import atomic_write_text
 
 log = logging.getLogger("mixerlab.loggers")
 
@@ -53,6 +64,111 @@ class ResumableCSVLogger(CSVLogger):
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _AppendingWriter(log_dir=self.log_dir)
         return self._experiment
+
+
+# ------------------------------------------------------------------------------------- local dashboards
+# The epoch metrics the recipe logs (mixerlab/recipe.py): the dashboards' comparison columns.
+TRACKED_METRICS = ("val/top1", "val/top5", "val/loss", "train/loss")
+
+
+def _flat_params(params: Any, run_params: dict[str, Any]) -> dict[str, str | int | float | bool]:
+    """The run's identity (sweep, job, mixer, seed) first, then every config key as ``a.b.c``; values a
+    dashboard cannot hold (None, lists) as text."""
+    if isinstance(params, DictConfig):
+        params = OmegaConf.to_container(params, resolve=True)
+    flat: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}.")
+        else:
+            flat[prefix[:-1]] = node
+
+    walk(dict(params or {}), "")
+    out = {**run_params, **{k: v for k, v in flat.items() if k not in run_params}}
+    return {k: v if isinstance(v, bool | int | float | str) else str(v) for k, v in out.items()}
+
+
+class SweepTensorBoardLogger(TensorBoardLogger):
+    """Lightning's ``TensorBoardLogger`` whose HParams tab lists every run of a sweep as one row: its
+    ``run_params`` (sweep, job, mixer, seed), its full config, and the last value of each of
+    ``TRACKED_METRICS``.
+
+    Lightning fills that tab only by logging a metric value at step 0 (``default_hp_metric``), which puts a
+    false point on every curve; this declares the metric tags alone, and TensorBoard takes their values from
+    the run's own scalars."""
+
+    def __init__(self, *args: Any, run_params: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("default_hp_metric", False)
+        super().__init__(*args, **kwargs)
+        self.run_params = {k: v for k, v in (run_params or {}).items() if v is not None}
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any, metrics: Any = None) -> None:
+        super().log_hyperparams(params, metrics)  # hparams.yaml beside the event files
+        from torch.utils.tensorboard.summary import hparams
+
+        flat = _flat_params(params, self.run_params)
+        writer = self.experiment._get_file_writer()
+        for summary in hparams(flat, dict.fromkeys(TRACKED_METRICS, 0.0)):
+            writer.add_summary(summary)
+
+
+class SweepMLflowLogger(MLFlowLogger):
+    """Lightning's ``MLFlowLogger`` on a local store, safe for the jobs of a parallel sweep and for resume:
+
+    - the store is created (a sqlite store runs its schema migrations on first use) and the experiment
+      looked up or created under an exclusive file lock beside the database: two jobs starting at once
+      would otherwise both migrate the schema or both create the experiment, and one would fail;
+    - the run's MLflow id is kept in ``<run dir>/mlflow_run_id``, so a resumed run logs on into the same
+      MLflow run instead of starting a second one;
+    - the run's identity (sweep, job, mixer, seed) are its first parameters and its tags, the full
+      config the rest of its parameters."""
+
+    def __init__(self, *args: Any, run_dir: str | None = None, run_params: dict[str, Any] | None = None,
+                 **kwargs: Any) -> None:
+        self.id_file = Path(run_dir) / "mlflow_run_id" if run_dir else None
+        if self.id_file is not None and self.id_file.is_file() and not kwargs.get("run_id"):
+            kwargs["run_id"] = self.id_file.read_text().strip()
+        self.run_params = {k: v for k, v in (run_params or {}).items() if v is not None}
+        kwargs["tags"] = {**{k: str(v) for k, v in self.run_params.items()}, **(kwargs.get("tags") or {})}
+        self._tracking_uri = kwargs.get("tracking_uri")
+        with self._store_lock():
+            super().__init__(*args, **kwargs)
+
+    def _lock_path(self) -> Path | None:
+        uri = self._tracking_uri or ""
+        if uri.startswith("sqlite:///"):
+            return Path(uri[len("sqlite:///"):] + ".lock")
+        if uri.startswith("file:"):
+            return Path(urlparse(uri).path) / ".lock"
+        return None
+
+    @contextmanager
+    def _store_lock(self) -> Iterator[None]:
+        lock_path = self._lock_path()
+        if lock_path is None:
+            yield
+            return
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with lock_path.open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> Any:
+        if self._initialized:
+            return self._mlflow_client
+        with self._store_lock():
+            return MLFlowLogger.experiment.fget(self)
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any) -> None:
+        super().log_hyperparams(_flat_params(params, self.run_params))
+        if self.id_file is not None and not self.id_file.is_file():
+            atomic_write_text(self.id_file, self.run_id + "\n")
 
 
 # ---------------------------------------------------------------------------------------------- wandb

@@ -211,9 +211,12 @@ def sweep_job_resolver(overrides: Any) -> str:
     return job_dirname(overrides, sweep["varied"] if sweep else sorted({_key(o) for o in overrides}))
 
 
-def sweep_run_resolver(overrides: Any) -> str | None:
+def sweep_run_resolver(overrides: Any, fallback: Any = None) -> str | None:
+    """The job's directory name in a sweep; ``fallback`` (or None) in a single run."""
     sweep = active_sweep()
-    return job_dirname(_as_list(overrides), sweep["varied"]) if sweep else None
+    if sweep:
+        return job_dirname(_as_list(overrides), sweep["varied"])
+    return None if fallback is None else str(fallback)
 
 
 def sweep_choice_resolver(overrides: Any, fallback: Any = None) -> str | None:

@@ -1,5 +1,5 @@
 """The sweep's Hydra callback: plans the sweep (mixerlab/sweep.py), keeps ``sweep.json`` current, and writes
-the report (mixerlab/report.py) when the multirun ends.
+the report (mixerlab/report/) when the multirun ends.
 
 It lives apart from both so that neither imports the other: the report reads sweeps, the sweep knows
 nothing of the report.
@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from mixerlab.report import SweepReport
@@ -64,7 +65,10 @@ class SweepCallback(Callback):
     @staticmethod
     def _update_index(config: DictConfig, running: str | None = None) -> None:
         """Jobs' statuses as their directories show them; ``running``: the job starting now (a killed
-        sweep leaves it so in sweep.json; the next run and the report re-read it from its directory)."""
+        sweep leaves it so in sweep.json; the next run and the report re-read it from its directory).
+        Hydra calls the job hooks in single runs too, which belong to no sweep: nothing is written then."""
+        if OmegaConf.select(config, "hydra.mode") != RunMode.MULTIRUN:
+            return
         sweep_dir = Path(str(OmegaConf.select(config, "hydra.sweep.dir"))).resolve()
         index = SweepIndex(sweep_dir)
         try:
@@ -85,7 +89,8 @@ class SweepCallback(Callback):
         if not self.report:
             return
         try:
-            html, _ = SweepReport([self.sweep_dir]).write(self.sweep_dir)
-            print(f"report: {html}", flush=True)
+            report = SweepReport([self.sweep_dir])
+            html, _ = report.write(self.sweep_dir)
+            print(f"report: {html} | statistics: {report.json_path}", flush=True)
         except Exception:  # a report bug must not hide the sweep's results: scripts/report.py can redo it
             log.exception("could not write the sweep report; run scripts/report.py %s", self.sweep_dir)

@@ -79,7 +79,7 @@ def check_launcher(trainer: L.Trainer) -> None:
             f"trainer.devices={trainer.num_devices}, trainer.num_nodes={trainer.num_nodes}: start one "
             "process per device yourself: `torchrun --standalone "
             f"--nproc_per_node={trainer.num_devices} train.py trainer=ddp ...` on one machine, "
-            "`sbatch slurm/train.sbatch ...` on SLURM (README: Scaling out)"
+            "`sbatch slurm/train.sbatch ...` on SLURM (docs/scale-out.md)"
         )
 
 

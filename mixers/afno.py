@@ -27,6 +27,8 @@ from mixers.contract import TokenLayout, autocast_off, split_prefix
 
 
 class AFNO(nn.Module):
+    """AFNO's frequency-domain block-diagonal MLP on the patch grid (the module docstring's formula)."""
+
     def __init__(
         self,
         dim: int,

@@ -18,7 +18,8 @@ filter, and that a flip turns T into T^T, so the four directions are two matrix 
 'fft' is the paper's route, the four flipped copies in the batch, each FFT zero-padded to 2h x 2w and
 cropped to [:h, :w]. The two agree to 2e-7 (relative). Toeplitz was faster at every grid measured on this
 CPU, 8x8 to 112x112 (forward+backward 1.7-8.6x at batch 1, 17x at the proxy model's batch of 128;
-BENCHMARKS.md, "2-D Hyena: Toeplitz vs FFT"); FFTs should win only on larger grids. One Sin (learnable frequencies) and one PE are shared by the two axis filters (square grid).
+BENCHMARKS.md, "2-D Hyena: Toeplitz vs FFT"); FFTs should win only on larger grids. One Sin (learnable
+frequencies) and one PE are shared by the two axis filters (square grid).
 The decay rates delta are a buffer (safari's ``modulation_lr=0``). Optimiser treatment (safari
 ``OptimModule``: filter lr 1e-3, positional-embedding lr 1e-5, weight decay 0): marked ``_optim`` with
 ``lr_scale`` relative to the recipe's LR, 1.0 and 0.01 by default (1e-3 is the DeiT recipe's LR at a global
@@ -94,7 +95,8 @@ class Hyena2D(nn.Module):
                 or long_conv not in LONG_CONVS):
             raise ConfigError(f"mixer.order={order} (>= 2), mixer.directional_mode={directional_mode!r} "
                               f"('4dir' | 'causal'), mixer.emb_dim={emb_dim} (odd, >= 3), "
-                              f"mixer.long_conv={long_conv!r} ({' | '.join(map(repr, LONG_CONVS))}): one is invalid")
+                              f"mixer.long_conv={long_conv!r} ({' | '.join(map(repr, LONG_CONVS))}): "
+                              "one is invalid")
         self.layout, self.order, self.dim, self.long_conv_impl = layout, order, dim, long_conv
         width, channels = (order + 1) * dim, (order - 1) * dim
         self.in_proj = nn.Linear(dim, width)

@@ -24,6 +24,8 @@ from mixers.contract import TokenLayout, check_fixed_tokens, split_prefix
 
 
 class Pooling(nn.Module):
+    """PoolFormer's mixer: average pooling over the patch grid minus the input; the CLS output is 0."""
+
     def __init__(
         self, dim: int, layout: TokenLayout, pool_size: int = 3, layer_index: int = 0, num_layers: int = 1
     ) -> None:
@@ -40,6 +42,8 @@ class Pooling(nn.Module):
 
 
 class IdentityMixer(nn.Module):
+    """IdentityFormer's mixer: returns its input, so the block mixes no tokens."""
+
     def __init__(self, dim: int, layout: TokenLayout, layer_index: int = 0, num_layers: int = 1) -> None:
         super().__init__()
 

@@ -27,6 +27,8 @@ from mixers.contract import TokenLayout, autocast_off, split_prefix
 
 
 class GlobalFilter(nn.Module):
+    """GFNet's global filter: a learned elementwise filter in the 2-D Fourier domain of the patch grid."""
+
     def __init__(
         self,
         dim: int,

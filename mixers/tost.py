@@ -42,6 +42,8 @@ def token_statistics(w: torch.Tensor, temp: torch.Tensor, attn_drop: nn.Module) 
 
 
 class TSSA(nn.Module):
+    """ToST's token statistics self-attention: linear in the tokens (the module docstring's formula)."""
+
     def __init__(
         self,
         dim: int,

@@ -4,16 +4,16 @@
     python scripts/bench_mixers.py --smoke --out /tmp/bench   # tiny grids: checks the script end to end
 
 Every mixer in ``conf/mixer/`` (discovered, so a new yaml is benchmarked with no change here), plus the
-variants in ``VARIANTS`` (Fibottention's ``sparse``, attention with SSA in training, Hyena's FFT route), is built from its yaml
-at a fixed width (``--dim``, ``--heads``) on a square patch grid without CLS token, in training mode, and
-timed on one random batch (``--batch``): one warm-up, then the median of at least ``--repeats``
-forward+backward passes, more for fast points until ``--min-seconds`` of timed passes have run. Points
-predicted to exceed ``--max-memory-gb`` or ``--max-seconds`` (extrapolated from the mixer's last two points)
-are skipped and recorded as such; so is a grid a mixer refuses (a ``ConfigError`` from its constructor: a
-block size that does not divide the grid, ...), with the mixer's reason in ``mixers.csv``. The headline
-ratios in ``PAIRS`` (sparse Fibottention over dense attention, Hyena's Toeplitz route over its FFT route) are
-timed side by side, alternating the two ``--pair-repeats`` times (median of the per-pair ratios), so load
-from other processes hits both alike.
+variants in ``VARIANTS`` (Fibottention's ``sparse``, attention with SSA in training, Hyena's FFT route), is
+built from its yaml at a fixed width (``--dim``, ``--heads``) on a square patch grid without CLS token, in
+training mode, and timed on one random batch (``--batch``): one warm-up, then the median of at least
+``--repeats`` forward+backward passes, more for fast points until ``--min-seconds`` of timed passes have run.
+Points predicted to exceed ``--max-memory-gb`` or ``--max-seconds`` (extrapolated from the mixer's last two
+points) are skipped and recorded as such; so is a grid a mixer refuses (a ``ConfigError`` from its
+constructor: a block size that does not divide the grid, ...), with the mixer's reason in ``mixers.csv``. The
+headline ratios in ``PAIRS`` (sparse Fibottention over dense attention, Hyena's Toeplitz route over its FFT
+route) are timed side by side, alternating the two ``--pair-repeats`` times (median of the per-pair ratios),
+so load from other processes hits both alike.
 Writes ``mixers.csv``, ``mixers.md`` (the same as a table), ``mixers.png`` (log-log time vs tokens) and
 ``summary.json`` to ``--out``; the fitted exponent is the least-squares slope of log time vs log tokens over
 the points with at least ``--fit-min-tokens`` tokens. The last stdout line is the headline JSON.

@@ -1,7 +1,8 @@
 """Compare the runs of one or more sweeps: ``python scripts/report.py SWEEP_DIR [SWEEP_DIR ...] [--out DIR]``.
 
-Writes ``report.html`` (self-contained: open it offline, no server) and ``report.md`` (model-zoo table) into
-the sweep directory (one sweep) or the sweeps' common parent (several), or ``--out``.
+Writes ``report.html`` (self-contained: open it offline, no server), ``report.md`` (model-zoo table) and
+``report.json`` (intervals, pairwise verdicts, seed-unstable flags, the cross-task aggregate) into the sweep
+directory (one sweep) or the sweeps' common parent (several), or ``--out``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dirs", nargs="+", type=Path, help="sweep directories (runs/sweeps/<name>) "
                         "or directories of run directories")
-    parser.add_argument("--out", type=Path, default=None, help="where to write report.html and report.md")
+    parser.add_argument("--out", type=Path, default=None, help="where to write the report files")
     args = parser.parse_args(argv)
     try:
         report = SweepReport(args.sweep_dirs)
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     print(report.status_line())
     for line in report.answer_lines():
         print(line)
-    print(f"report: {html_path}\nmarkdown: {md_path}")
+    print(f"report: {html_path}\nmarkdown: {md_path}\nstatistics: {report.json_path}")
     return 0
 
 

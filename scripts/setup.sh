@@ -3,7 +3,7 @@
 #   system: ffcv's JPEG/OpenCV libraries, chromium (dashboard tests), slurm-wlm + slurmdbd + munge + mariadb
 #           (the local one-node SLURM cluster the tests run on)
 #   python: the registry's regular torch + torchvision (a CPU-only torch breaks torchvision), lightning,
-#           hydra, timm, wandb, ffcv, test tools
+#           hydra, timm, wandb, ffcv, test tools, mkdocs (the documentation site)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +19,6 @@ $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-rec
 
 "$PYTHON" -m pip install --upgrade --quiet pip
 # ffcv's build imports numpy (and finds OpenCV through pkg-config): install the core first.
-"$PYTHON" -m pip install --quiet -e ".[dev]"
-"$PYTHON" -m pip install --quiet -e ".[dev,ffcv]"
+"$PYTHON" -m pip install --quiet -e ".[dev,docs]"
+"$PYTHON" -m pip install --quiet -e ".[dev,ffcv,docs]"
 "$PYTHON" -c "import torch, torchvision, timm, lightning, hydra, ffcv; print('mixerlab setup ok: torch', torch.__version__)"

@@ -76,14 +76,16 @@ def test_hyena_is_its_equation_and_passes_cls_through():
 @pytest.mark.parametrize("mode", ["4dir", "causal"])
 def test_toeplitz_and_fft_routes_give_the_same_mixer(mode):
     torch.manual_seed(0)
-    routes = [Hyena2D(8, LAYOUT, filter_order=16, directional_mode=mode, long_conv=r) for r in ("toeplitz", "fft")]
+    routes = [Hyena2D(8, LAYOUT, filter_order=16, directional_mode=mode, long_conv=r)
+              for r in ("toeplitz", "fft")]
     routes[1].load_state_dict(routes[0].state_dict())
     if mode == "4dir":
         torch.nn.init.normal_(routes[0].directions.weight), routes[1].load_state_dict(routes[0].state_dict())
     x = torch.randn(2, 17, 8, requires_grad=True)
     outs = [r(x) for r in routes]
     torch.testing.assert_close(outs[0], outs[1], rtol=1e-4, atol=1e-5)
-    grads = [torch.autograd.grad(o.square().sum(), [x, *r.parameters()]) for o, r in zip(outs, routes)]
+    grads = [torch.autograd.grad(o.square().sum(), [x, *r.parameters()])
+             for o, r in zip(outs, routes, strict=True)]
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     with pytest.raises(ConfigError, match=r"mixer\.long_conv='direct'"):

@@ -65,7 +65,7 @@ def test_report_loads_sorts_and_draws_its_plots_in_chromium(browser, tmp_path):
     assert descending[:4] == ["95.00", "93.00", "92.50", "91.00"] and descending[4:] == ["—", "—"]
 
     plots = browser.find_elements(By.CSS_SELECTOR, "figure svg")
-    assert len(plots) == 3
+    assert len(plots) == 4  # the interval plot, two scatters, the curves
     for svg in plots:
         size = svg.size
         assert size["width"] > 100 and size["height"] > 100, size

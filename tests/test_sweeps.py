@@ -20,6 +20,7 @@ import torch
 
 from mixerlab.report import read_curves
 from mixerlab.sweep import SweepIndex
+from tests.conftest import run_train
 from tests.faults import ENV as FAULTS_ENV
 
 REPO = Path(__file__).resolve().parents[1]
@@ -143,3 +144,13 @@ def test_a_named_sweep_whose_jobs_changed_stops_before_running_anything(tmp_path
     assert proc.returncode != 0
     assert "cannot start the sweep" in proc.stderr and "seed=0: was" in proc.stderr
     assert sorted(p.name for p in sweep_dir.iterdir()) == ["sweep.json"]  # no job ran, nothing changed
+
+
+def test_a_single_run_writes_no_sweep_index(tmp_path):
+    """Hydra calls the sweep callback's job hooks in single runs too; they belong to no sweep."""
+    sweep_dir = tmp_path / "sweeps" / "unnamed"
+    _, summary = run_train(tmp_path / "run", f"hydra.sweep.dir={sweep_dir}", "trainer.max_epochs=1",
+                           "+trainer.limit_train_batches=1", "+trainer.limit_val_batches=1",
+                           "callbacks.progress.refresh_rate=0")
+    assert summary["status"] == "completed"
+    assert not sweep_dir.exists()

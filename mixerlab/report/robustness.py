@@ -1,8 +1,8 @@
-"""The sweep report's robustness sections, from each run's ``eval.json`` and ``erf/`` (``python eval.py``).
+"""The sweep report's robustness sections, from each run's ``eval.json`` and ``erf/`` (``python eval.py``);
+their plot, clean against shifted top-1, lives with the other figures in plots.py.
 
 - a table: per configuration (runs differing only in their seed), top-1 on the clean set and on every
   shifted set any run was evaluated on, mean ± std over seeds; -C sets add their (m)CE;
-- a plot: clean top-1 against each shifted set's top-1, one point per run and set, the diagonal drawn;
 - the effective-receptive-field gallery: each configuration's maps (first seed that has them) side by side.
 """
 
@@ -95,42 +95,6 @@ def robustness_markdown(groups) -> list[str]:
              "|---|" + "---:|" * (len(heads) - 1)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return lines + [""]
-
-
-def clean_vs_shifted_plot(runs, colors: dict[str, str]) -> str | None:
-    """Clean top-1 (x) against each shifted set's top-1 (y), one marker shape per set, colour per mixer."""
-    points = []
-    for run in runs:
-        sets = read_eval(run.run_dir)
-        clean = sets.get(CLEAN, {}).get("top1")
-        if clean is None:
-            continue
-        points += [(clean, e["top1"], name, run.mixer) for name, e in sets.items()
-                   if name != CLEAN and isinstance(e.get("top1"), int | float)]
-    if not points:
-        return None
-    import matplotlib.pyplot as plt
-
-    from mixerlab.report import _svg
-
-    markers = "osD^vP*X"
-    names = sorted({p[2] for p in points})
-    fig, ax = plt.subplots(figsize=(6.4, 4.6))
-    for i, name in enumerate(names):
-        for mixer in sorted({p[3] for p in points}):
-            mine = [(x, y) for x, y, n, m in points if n == name and m == mixer]
-            if mine:
-                ax.scatter(*zip(*mine, strict=True), s=44, marker=markers[i % len(markers)],
-                           color=colors.get(mixer, "#444"), label=f"{mixer} · {name}", zorder=3)
-    low = min(min(p[0], p[1]) for p in points)
-    high = max(max(p[0], p[1]) for p in points)
-    pad = max(1.0, (high - low) * 0.05)
-    ax.plot([low - pad, high + pad], [low - pad, high + pad], color="#999", linewidth=1, linestyle="--",
-            label="shifted = clean")
-    ax.set(xlabel="clean top-1 (%)", ylabel="shifted top-1 (%)", title="clean vs shifted accuracy")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=1 + len(names) // 6, loc="upper left")
-    return _svg(fig)
 
 
 def erf_gallery_html(groups) -> str | None:
