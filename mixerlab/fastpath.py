@@ -10,6 +10,7 @@ measurement in BENCHMARKS.md ("Training performance").
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -51,18 +52,31 @@ def set_sdpa_backends(backends: Sequence[str] | None) -> None:
     torch.backends.cuda.enable_math_sdp("math" in backends)
 
 
+# Set by a launcher that runs several jobs side by side (hydra/launcher=local_parallel): this job's share of
+# the cores. It is read only by ``auto``, so the job's config, and with it the sweep's naming, is unchanged.
+CORES_ENV = "MIXERLAB_CORES_PER_JOB"
+
+
 def cpu_threads(setting: int | str | None, num_workers: int) -> int | None:
     """Intra-op threads for CPU training: ``auto`` leaves one core to each data-loader worker.
 
-    With OpenMP's spinning barriers, more busy threads than cores slows every op to the scheduler's
-    time slice (measured: a 2-thread step 15x slower than a 1-thread step while the 2 cores were shared).
+    ``auto`` counts the cores this job may use: the affinity mask, or the share a parallel launcher gave it
+    in ``MIXERLAB_CORES_PER_JOB``, whichever is smaller. With OpenMP's spinning barriers, more busy threads
+    than cores slows every op to the scheduler's time slice (measured: a 2-thread step 15x slower than a
+    1-thread step while the 2 cores were shared).
     """
     if setting is None or torch.cuda.is_available():
         return None
     if setting == "auto":
         from data.workers import available_cores  # the affinity mask: a SLURM or container limit counts
 
-        return max(1, available_cores() - num_workers)
+        cores = available_cores()
+        share = os.environ.get(CORES_ENV, "").strip()
+        if share:
+            if not share.isdigit() or int(share) < 1:
+                raise ConfigError(f"{CORES_ENV}={share!r}: a positive number of cores (set by the launcher)")
+            cores = min(cores, int(share))
+        return max(1, cores - num_workers)
     if not isinstance(setting, int) or setting < 1:
         raise ConfigError(f"fastpath.cpu_threads={setting!r}: a positive integer, 'auto' or null")
     return setting

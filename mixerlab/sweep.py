@@ -115,9 +115,11 @@ class SweepPlan:
     jobs: tuple[SweepJob, ...]
 
     @classmethod
-    def from_overrides(cls, arguments: Sequence[str], name: str | None = None) -> SweepPlan:
+    def from_overrides(cls, arguments: Sequence[str], name: str | None = None,
+                       always_varied: Sequence[str] = ()) -> SweepPlan:
         """Expand overrides exactly as Hydra's basic sweeper does (``BasicSweeper.split_arguments``), so
-        the job list and each job's override strings match the jobs Hydra will launch."""
+        the job list and each job's override strings match the jobs Hydra will launch. ``always_varied``:
+        keys that name job directories even with one value (the seed, which an adaptive sweeper adds)."""
         from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 
         parsed = OverridesParser.create().parse_overrides(list(arguments))
@@ -125,7 +127,7 @@ class SweepPlan:
         for override in parsed:  # a later override of the same key replaces an earlier one, as in Hydra
             key = override.get_key_element().lstrip("+~")
             varied.pop(key, None)
-            if override.is_sweep_override() and not _SWEEP_KEYS.match(key):
+            if (override.is_sweep_override() or key in always_varied) and not _SWEEP_KEYS.match(key):
                 varied[key] = None
         keys = tuple(sorted(varied))  # not the command's order: `seed=0,1 mixer=a,b` names jobs the same
         try:
@@ -154,7 +156,26 @@ class SweepPlan:
         params = OmegaConf.select(config, "hydra.sweeper.params") or {}
         arguments = [f"{k}={v}" for k, v in params.items()]
         arguments += list(OmegaConf.to_container(config.hydra.overrides.task, resolve=False))
-        return cls.from_overrides(arguments, OmegaConf.select(config, "sweep.name"))
+        always_varied: tuple[str, ...] = ()
+        sweeper = OmegaConf.select(config, "hydra.sweeper")
+        if sweeper is not None and "initial_seeds" in sweeper:
+            # hydra/sweeper=until_separated picks the seeds: its first look's jobs are planned here, the
+            # later looks' jobs are merged into sweep.json as the sweeper launches them.
+            from mixerlab.adaptive_seeds import SeedRule
+
+            settings = OmegaConf.to_container(sweeper, resolve=True)
+            rule = SeedRule.from_settings(settings)
+            if OmegaConf.select(config, rule.seed_key, default="__missing__") == "__missing__":
+                raise ValueError(f"hydra.sweeper.seed_key={rule.seed_key!r}: the config has no such key "
+                                 "to put the seed in")
+            given = [a for a in arguments if _key(a) == rule.seed_key]
+            if given:
+                raise ValueError(f"{given[-1]}: hydra/sweeper=until_separated picks the seeds itself "
+                                 f"(hydra.sweeper.first_seed, initial_seeds, seed_step, max_seeds); drop "
+                                 f"{rule.seed_key} from the command")
+            arguments.append(f"{rule.seed_key}={','.join(str(s) for s in rule.initial())}")
+            always_varied = (rule.seed_key,)
+        return cls.from_overrides(arguments, OmegaConf.select(config, "sweep.name"), always_varied)
 
     def publish(self) -> None:
         os.environ[ENV_VAR] = json.dumps({"name": self.name, "varied": list(self.varied)})

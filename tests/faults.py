@@ -6,7 +6,8 @@
 Both callbacks act only while the environment variable ``MIXERLAB_TEST_FAULTS`` is set, so a test can run
 the same sweep command again (same overrides, so the same sweep directory) without the fault.
 Resume tests SIGKILL a run at a chosen point with ``KillAt``:
-``+callbacks.kill._target_=tests.faults.KillAt +callbacks.kill.step=7``.
+``+callbacks.kill._target_=tests.faults.KillAt +callbacks.kill.step=7`` (with ``only_in``: that job of a
+sweep alone, and only while armed).
 """
 
 from __future__ import annotations
@@ -66,12 +67,15 @@ class KillAt(L.Callback):
     middle of the epoch-end validation).
     """
 
-    def __init__(self, step: int, hook: str = "batch_start", rank: int = 0) -> None:
+    def __init__(self, step: int, hook: str = "batch_start", rank: int = 0,
+                 only_in: str | None = None) -> None:
         if hook not in ("batch_start", "batch_end", "validation"):
             raise ValueError(f"KillAt hook={hook!r}")
-        self.step, self.hook, self.rank = step, hook, rank
+        self.step, self.hook, self.rank, self.only_in = step, hook, rank, only_in
 
     def _maybe_kill(self, trainer, hook: str) -> None:
+        if self.only_in and not _armed(trainer, self.only_in):  # one job of a sweep, while armed
+            return
         if hook == self.hook and trainer.global_step == self.step and trainer.global_rank == self.rank:
             os.kill(os.getpid(), signal.SIGKILL)
 

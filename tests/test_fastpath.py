@@ -88,6 +88,19 @@ def test_cpu_threads_leave_a_core_per_data_worker(monkeypatch):
         cpu_threads(0, num_workers=0)
 
 
+def test_cpu_threads_auto_keeps_to_the_cores_a_parallel_launcher_gave_the_job(monkeypatch):
+    monkeypatch.setattr("data.workers.available_cores", lambda: 16)
+    monkeypatch.setenv("MIXERLAB_CORES_PER_JOB", "4")  # hydra/launcher=local_parallel: 4 jobs x 4 cores
+    assert cpu_threads("auto", num_workers=1) == 3
+    assert cpu_threads("auto", num_workers=0) == 4
+    assert cpu_threads(2, num_workers=0) == 2  # an explicit number is the user's choice
+    monkeypatch.setenv("MIXERLAB_CORES_PER_JOB", "64")  # never more than the affinity mask allows
+    assert cpu_threads("auto", num_workers=0) == 16
+    monkeypatch.setenv("MIXERLAB_CORES_PER_JOB", "x")
+    with pytest.raises(ConfigError, match="MIXERLAB_CORES_PER_JOB"):
+        cpu_threads("auto", num_workers=0)
+
+
 def test_default_fast_path_on_cpu_compiles_nothing_and_sets_threads(monkeypatch):
     threads = torch.get_num_threads()
     cfg = compose_config([])

@@ -224,3 +224,23 @@ def test_a_sweep_through_the_hydra_launcher_runs_as_one_job_array_and_submitit_r
                60, f"sacct to show both tasks of {array} requeued, then completed")
     task_logs = "".join(p.read_text() for p in (sweep_dir / ".submitit").rglob("*_log.*"))
     assert task_logs.count("this job is preempted") >= 2 and task_logs.count("resuming from") >= 2
+
+
+def test_the_adaptive_seed_sweeper_runs_each_look_as_one_job_array(slurm_cluster, tmp_path):
+    """hydra/sweeper=until_separated only calls the launcher's ``launch``: on SLURM each look is an array."""
+    sweep_dir = tmp_path / "sweep"
+    cmd = [sys.executable, "train.py", "-m", "hydra/launcher=slurm", "hydra/sweeper=until_separated",
+           f"hydra.sweep.dir={sweep_dir}", "hydra.launcher.timeout_min=15", "mixer=identity,attention",
+           "hydra.sweeper.initial_seeds=2", "hydra.sweeper.max_seeds=3", "trainer.max_epochs=1",
+           "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1", "~callbacks.progress",
+           "+trainer.enable_progress_bar=false"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=800)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    record = json.loads((sweep_dir / "until_separated.json").read_text())
+    assert record["stopped"] in ("separated", "cap")
+    tasks = [p.name for p in (sweep_dir / ".submitit").iterdir() if re.fullmatch(r"\d+_\d+", p.name)]
+    assert len({name.split("_")[0] for name in tasks}) == len(record["looks"])
+    runs = [f"{label},seed={seed}" for label, entry in record["looks"][-1]["configs"].items()
+            for seed in entry["seeds"]]
+    assert all(json.loads((sweep_dir / run / "summary.json").read_text())["status"] == "completed"
+               for run in runs)

@@ -1,0 +1,189 @@
+"""Seeds until the answer is clear: the rule behind ``hydra/sweeper=until_separated``, apart from Hydra.
+
+After each look (a round of seeds), the configurations are ranked by their mean, and each pair of neighbours
+in the ranking is tested (``mixerlab.stats.compare``: Welch, two-sided). Seeds go only to configurations in a
+pair that is still open, ``seed_step`` at a time, up to ``max_seeds`` each; the sweep stops when every
+adjacent pair is separated or no open pair can get another seed.
+
+Looking again and again at the same growing data and stopping at the first p < alpha inflates the false
+positive rate (shared/docs/STATISTICS.md, "Adaptive seeds": about 14% for 5 looks at a nominal 5%). So:
+
+- alpha is split over the looks that can happen at most (Bonferroni over looks): each look tests at
+  ``alpha / K``, K = 1 + ceil((max_seeds - initial_seeds) / seed_step). Over the whole sweep, the chance of
+  calling any pair of equal configurations separated is at most alpha, whatever the stopping rule;
+- within a look, Holm-Bonferroni over its adjacent pairs keeps the look's family-wise error at ``alpha / K``;
+- a configuration keeps every seed it has: each look tests all of them, never a chosen subset.
+
+The price is power: the last looks test at a stricter level than a single fixed-n test would. It is simple to
+state and holds for any test, which is why it was chosen over group-sequential boundaries, which assume normal
+seeds (bimodal cells are common here).
+
+Everything here is a pure function of the values seen so far, so re-running a sweep (whose finished jobs are
+skipped) takes the same decisions and asks for the same seeds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from mixerlab.stats import compare, holm, summarize
+
+MODES = ("max", "min")
+RECORD_NAME = "until_separated.json"
+
+
+@dataclass(frozen=True)
+class SeedRule:
+    """The sweeper's settings (``conf/hydra/sweeper/until_separated.yaml``), checked when built, so that a
+    bad value stops the command before any job runs, naming the key."""
+
+    initial_seeds: int = 3
+    seed_step: int = 1
+    max_seeds: int = 10
+    first_seed: int = 0
+    alpha: float = 0.05
+    metric: str = "top1"
+    mode: str = "max"
+    seed_key: str = "seed"
+
+    def __post_init__(self) -> None:
+        def positive_int(key: str, minimum: int) -> None:
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ValueError(f"hydra.sweeper.{key}={value!r}: an integer >= {minimum}")
+
+        positive_int("initial_seeds", 1)
+        positive_int("seed_step", 1)
+        positive_int("max_seeds", 1)
+        if isinstance(self.first_seed, bool) or not isinstance(self.first_seed, int) or self.first_seed < 0:
+            raise ValueError(f"hydra.sweeper.first_seed={self.first_seed!r}: an integer >= 0")
+        if self.max_seeds < self.initial_seeds:
+            raise ValueError(f"hydra.sweeper.max_seeds={self.max_seeds} is below hydra.sweeper.initial_seeds="
+                             f"{self.initial_seeds}: the cap must allow the initial seeds")
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0 < self.alpha < 1:
+            raise ValueError(f"hydra.sweeper.alpha={self.alpha!r}: a family-wise error rate in (0, 1)")
+        if self.mode not in MODES:
+            raise ValueError(f"hydra.sweeper.mode={self.mode!r}: one of {list(MODES)}")
+        if not isinstance(self.metric, str) or not self.metric:
+            raise ValueError(f"hydra.sweeper.metric={self.metric!r}: a key of the jobs' summary.json")
+        if not isinstance(self.seed_key, str) or not self.seed_key:
+            raise ValueError(f"hydra.sweeper.seed_key={self.seed_key!r}: the config key that holds the seed")
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> SeedRule:
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in settings.items() if k in known})
+
+    @property
+    def max_looks(self) -> int:
+        return 1 + math.ceil((self.max_seeds - self.initial_seeds) / self.seed_step)
+
+    @property
+    def alpha_per_look(self) -> float:
+        return self.alpha / self.max_looks
+
+    def initial(self) -> list[int]:
+        return list(range(self.first_seed, self.first_seed + self.initial_seeds))
+
+    def more(self, tried: Sequence[int]) -> list[int]:
+        """The next ``seed_step`` seeds after those tried, within the cap (failed seeds count as tried)."""
+        room = self.max_seeds - len(tried)
+        start = max(tried, default=self.first_seed - 1) + 1
+        return list(range(start, start + min(self.seed_step, max(0, room))))
+
+    def describe(self) -> str:
+        return (f"Welch two-sided per adjacent pair of the ranking by mean {self.metric} ({self.mode}); Holm "
+                f"across a look's pairs at alpha / K = {self.alpha:g} / {self.max_looks} = "
+                f"{self.alpha_per_look:.4g} per look (Bonferroni over at most K looks: family-wise "
+                f"{self.alpha:g} over the whole sweep); seeds only to configurations in an open pair, "
+                f"{self.seed_step} per look, up to {self.max_seeds}")
+
+
+@dataclass
+class Look:
+    """One look: what each configuration has, the ranking, the verdict on every adjacent pair, what next."""
+
+    number: int
+    alpha: float
+    alpha_spent: float
+    configs: dict[str, dict] = field(default_factory=dict)
+    ranking: list[str] = field(default_factory=list)
+    pairs: list[dict] = field(default_factory=list)
+    no_result: list[str] = field(default_factory=list)
+    next_seeds: dict[str, list[int]] = field(default_factory=dict)
+    stop: str | None = None
+    reason: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def judge(number: int, tried: Mapping[str, Sequence[int]], values: Mapping[str, Sequence[float]],
+          rule: SeedRule) -> Look:
+    """Rank, test adjacent pairs, and decide the next seeds (or the stop) after look ``number`` (from 1).
+
+    ``tried``: the seeds launched per configuration (failed ones too); ``values``: the metric of those that
+    finished. A configuration with no value yet is left out of the ranking and gets no more seeds: its jobs
+    failed, and their errors are in sweep.json."""
+    look = Look(number=number, alpha=rule.alpha_per_look,
+                alpha_spent=min(rule.alpha, number * rule.alpha_per_look))
+    for label in tried:
+        vals = [float(v) for v in values.get(label, [])]
+        entry: dict[str, Any] = {"seeds": list(tried[label]), "values": vals, "n": len(vals)}
+        if vals:
+            cell = summarize(vals)
+            entry.update(mean=cell.mean, std=cell.std, interval=[cell.interval.low, cell.interval.high])
+        else:
+            look.no_result.append(label)
+        look.configs[label] = entry
+    sign = 1.0 if rule.mode == "max" else -1.0
+    look.ranking = sorted((label for label in tried if values.get(label)),
+                          key=lambda label: -sign * look.configs[label]["mean"])
+    neighbours = list(zip(look.ranking, look.ranking[1:], strict=False))
+    comparisons = [compare(values[a], values[b]) for a, b in neighbours]
+    separated = holm([c.p_value for c in comparisons], rule.alpha_per_look) if comparisons else []
+    for (a, b), c, sep in zip(neighbours, comparisons, separated, strict=True):
+        look.pairs.append({
+            "better": a, "worse": b, "n": [c.n_a, c.n_b], "diff": c.diff,
+            "interval": [c.interval.low, c.interval.high], "p_value": c.p_value,
+            "prob_improvement": c.prob_improvement, "seeds_needed": c.seeds_needed,
+            "verdict": f"{a} ahead" if sep else f"not separated at n = {c.n_a}, {c.n_b}", "separated": sep})
+    open_configs = list(dict.fromkeys(
+        label for pair in look.pairs if not pair["separated"] for label in (pair["better"], pair["worse"])))
+    for label in open_configs:
+        seeds = rule.more(tried[label])
+        if seeds:
+            look.next_seeds[label] = seeds
+    if len(look.ranking) < 2:
+        look.stop = "nothing to compare"
+        look.reason = (f"{len(look.ranking)} configuration(s) with a result: a ranking needs two "
+                       "(sweep a key besides the seed, or see the failed jobs in sweep.json)")
+    elif not open_configs:
+        look.stop = "separated"
+        look.reason = f"every adjacent pair of the ranking is separated at look {number}"
+    elif not look.next_seeds:
+        look.stop = "cap"
+        still = ", ".join(f"{p['better']} vs {p['worse']}" for p in look.pairs if not p["separated"])
+        look.reason = (f"open pair(s) {still}: their configurations reached max_seeds={rule.max_seeds}; "
+                       "not separated at this cap")
+    return look
+
+
+def record(rule: SeedRule, looks: Sequence[Look], command: str) -> dict:
+    """``until_separated.json``: the rule, every look, and why the sweep stopped."""
+    last = looks[-1] if looks else None
+    return {
+        "command": command,
+        "rule": {**asdict(rule), "max_looks": rule.max_looks, "alpha_per_look": rule.alpha_per_look,
+                 "description": rule.describe(),
+                 "note": "pairs are the adjacent ones in each look's ranking; verdicts are the last look's"},
+        "looks": [look.as_dict() for look in looks],
+        "alpha_spent": last.alpha_spent if last else 0.0,
+        "stopped": last.stop if last else None,
+        "reason": last.reason if last else "no look yet",
+        "ranking": last.ranking if last else [],
+        "verdicts": [p["verdict"] for p in last.pairs] if last else [],
+    }
