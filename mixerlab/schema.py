@@ -416,8 +416,8 @@ def _primitive(value, name: str) -> bool | None:
         return isinstance(value, dict)
     if name in ("Any", "object"):
         return True
-    if name in ("Path", "PathLike", "_PATH"):
-        return isinstance(value, str) or None
+    if name in ("Path", "PathLike", "_PATH"):  # os.fspath() takes text, never a number, list or mapping
+        return isinstance(value, str)
     return None  # a class (TokenLayout, nn.Module, Callable, ...): the constructor will say
 
 
