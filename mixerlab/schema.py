@@ -226,6 +226,10 @@ KEY_RULES: dict[str, Rule] = {
     "trainer.accumulate_grad_batches": POSITIVE,
     "trainer.num_nodes": POSITIVE,
     "trainer.devices": Rule(("int", "str", "list"), ge=-1),
+    # a name Lightning knows, or a _target_ node Hydra builds (found by the config fuzzer: a list ended in a
+    # raw ValueError from the Trainer)
+    "trainer.strategy": Rule(("str", "dict")),
+    "trainer.accelerator": Rule(("str", "dict")),
     "trainer.check_val_every_n_epoch": Int(ge=1, null=True),
     "trainer.log_every_n_steps": Int(ge=1, null=True),
     "trainer.num_sanity_val_steps": Int(ge=-1, null=True),

@@ -49,6 +49,7 @@ INVALID = [
     (["data=imagenet_folder", "data.crop_pct=1.5"], "data.crop_pct=1.5"),
     # found by tests/test_fuzz_config.py: a list where Lightning takes a path ended in a raw TypeError
     (["++trainer.default_root_dir=[1,2]"], "trainer.default_root_dir=[1, 2]"),
+    (["trainer.strategy=[ddp]"], "trainer.strategy=['ddp']"),
 ]
 # run as a user would, as `python train.py <override>`: the four and one of each other kind
 THROUGH_TRAIN_PY = [0, 1, 2, 3, 4, 6, 7, 8, 10]
