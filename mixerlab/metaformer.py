@@ -306,6 +306,10 @@ class MetaFormer(nn.Module):
         return [f"stages.{i}.blocks.{j}" for i, stage in enumerate(self.stages)
                 for j in range(len(stage.blocks))]
 
+    def block_layouts(self) -> list[TokenLayout]:
+        """Each block's token layout in :attr:`blocks` order (its stage's grid; the ERF's centre token)."""
+        return [stage.layout for stage in self.stages for _ in stage.blocks]
+
     def no_weight_decay(self) -> set[str]:
         """Mixers' own names kept out of weight decay (every 1-D parameter already is: norms, scales)."""
         names: set[str] = set()
