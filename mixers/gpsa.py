@@ -65,8 +65,9 @@ class GPSA(TimmGPSA):
 class ConViTMHSA(TimmMHSA):
     """ConViT's non-local layers: softmax(q k^T / sqrt(d)) v over every token, CLS included.
 
-    The presets select it on top of ``conf/mixer/attention.yaml``, whose SSA keys arrive too: only their
-    off values are accepted (this explicit-softmax port has no subsampled mode).
+    The presets select it on top of ``conf/mixer/attention.yaml``, whose SSA, ``head_dim`` and ``proj_bias``
+    keys arrive too: only their defaults are accepted (this explicit-softmax port has no subsampled mode,
+    and ConViT's heads follow ``num_heads`` with a biased projection).
     """
 
     def __init__(
@@ -81,8 +82,13 @@ class ConViTMHSA(TimmMHSA):
         num_layers: int = 1,
         ssa: dict | None = None,
         seed: int = 0,
+        head_dim: int | None = None,
+        proj_bias: bool = True,
     ) -> None:
         check_heads(dim, num_heads)
         if ssa:
             raise ConfigError(f"mixer.ssa={ssa} is not available in ConViT's MHSA layers: set mixer.ssa=null")
+        if head_dim is not None or not proj_bias:
+            raise ConfigError("mixer.head_dim and mixer.proj_bias=false are not available in ConViT's MHSA "
+                              "layers: set mixer.head_dim=null mixer.proj_bias=true")
         super().__init__(dim, num_heads, qkv_bias, attn_drop, proj_drop)
