@@ -151,3 +151,14 @@ def test_metaformer_trains_on_digits_and_its_checkpoint_loads_back(train_run, tm
         for key, value in model.state_dict().items():
             assert torch.equal(value, stored["state_dict"][prefix + key]), key
     assert stored["mixer_families"] == ["sepconv"] * 4
+
+
+def test_receptive_fields_read_each_blocks_stage_grid():
+    """Block 0 sits at the 8x8 grid (2-px patches), the last at 2x2: each map centres on its own stage's
+    centre token; pooling's first map stays local, the last covers the image."""
+    from mixerlab.erf import centre_token, effective_receptive_fields
+
+    model = metaformer("mixer=pooling").eval()
+    assert centre_token(model, 64, layer=0) == 4 * 8 + 4 and centre_token(model, 4, layer=3) == 1 * 2 + 1
+    maps = effective_receptive_fields(model, torch.randn(2, 1, 16, 16), [0, -1])
+    assert maps[0].shape == (16, 16) and maps[0][:2].max() == 0 and maps[3].min() > 0
