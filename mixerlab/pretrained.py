@@ -1,10 +1,12 @@
-"""Pretrained weights into any backbone preset: the one converter for timm/DeiT ViT files and mixerlab runs.
+"""Pretrained weights into any backbone preset: the one converter for timm/DeiT ViT files, timm MetaFormer
+files (poolformer, poolformerv2, convformer, caformer) and mixerlab runs.
 
     file    .pth/.pt/.bin/.ckpt: torch.load(weights_only=True); .safetensors: safetensors.torch.load_file
       -> unwrap   {"model": sd} / {"state_dict": sd} (DeiT, timm), a Lightning checkpoint ("backbone." keys),
                   EMA weights with init.ema=true ({"model_ema"}, {"state_dict_ema"}, "ema.module." keys)
       -> source   the first entry of SOURCES whose signature key the state dict holds; its renames map the
-                  keys to ours (timm's blocks.i.attn.* -> blocks.i.mixer.*)
+                  keys to ours (timm's blocks.i.attn.* -> blocks.i.mixer.*; a MetaFormer's
+                  stages.s.blocks.j.token_mixer.* -> .mixer.*, its 1x1-conv weights flattened to Linear's)
       -> match    key by key against the model's state dict:
                     same name and shape                       loaded
                     pos_embed on another grid                 resampled: bicubic over the patch grid, the
