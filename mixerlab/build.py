@@ -41,16 +41,24 @@ def mixer_preset(name: str, key: str) -> DictConfig:
 
 
 def backbone_config(cfg: DictConfig) -> DictConfig:
-    """``cfg.backbone`` with each schedule segment's ``mixer: NAME`` replaced by conf/mixer/NAME.yaml, its
-    interpolations (``${backbone.num_heads}``) resolved against this run's config."""
-    schedule = cfg.backbone.get("schedule") or []
-    if not any(isinstance(seg.get("mixer"), str) for seg in schedule):
+    """``cfg.backbone`` with each schedule segment's or stage's ``mixer: NAME`` replaced by
+    conf/mixer/NAME.yaml, its interpolations (``${backbone.num_heads}``) resolved against this run's config;
+    a stage's ``mixer_options`` are merged onto its mixer (``{head_dim: 32}``) and dropped."""
+    segments = [("schedule", seg) for seg in cfg.backbone.get("schedule") or []]
+    segments += [("stages", stage) for stage in cfg.backbone.get("stages") or []]
+    if not any(isinstance(seg.get("mixer"), str) or seg.get("mixer_options") for _, seg in segments):
         return cfg.backbone
     cfg = cfg.copy()
     with open_dict(cfg):
-        for i, seg in enumerate(cfg.backbone.schedule):
-            if isinstance(seg.get("mixer"), str):
-                seg.mixer = mixer_preset(seg.mixer, f"backbone.schedule[{i}].mixer")
+        for group in ("schedule", "stages"):
+            for i, seg in enumerate(cfg.backbone.get(group) or []):
+                if isinstance(seg.get("mixer"), str):
+                    seg.mixer = mixer_preset(seg.mixer, f"backbone.{group}[{i}].mixer")
+                options = seg.pop("mixer_options", None)
+                if options and seg.get("mixer") is not None:
+                    seg.mixer = OmegaConf.merge(seg.mixer, options)
+                elif options:
+                    seg.mixer_options = options  # the backbone names the missing mixer
     return cfg.backbone
 
 
@@ -86,11 +94,15 @@ def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
 
 
 def mixer_name(cfg: DictConfig) -> str:
-    """The mixer as a sweep reads it: the ``mixer=`` choice, plus any per-layer schedule."""
+    """The mixer as a sweep reads it: the ``mixer=`` choice, plus any per-layer schedule or per-stage mixers
+    (``sepconvx3+sepconvx3+attentionx9+attentionx3``)."""
     name = None
     if HydraConfig.initialized():
         name = HydraConfig.get().runtime.choices.get("mixer")
     name = name or str(cfg.mixer.get("_target_", "?")).rsplit(".", 1)[-1]
+    stages = cfg.backbone.get("stages") or []
+    if any(stage.get("mixer") for stage in stages):
+        return "+".join(f"{_segment_mixer(stage.get('mixer'), name)}x{stage['depth']}" for stage in stages)
     schedule = cfg.backbone.get("schedule") or []
     if schedule:
         parts = [

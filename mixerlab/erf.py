@@ -24,10 +24,12 @@ from mixerlab.errors import ConfigError
 from mixerlab.run import atomic_write_text
 
 
-def centre_token(model: nn.Module, num_tokens: int | None = None) -> int:
+def centre_token(model: nn.Module, num_tokens: int | None = None, layer: int | None = None) -> int:
     """Index of the centre patch token in a block's (B, N, C) sequence, after its prefix (CLS) tokens:
-    ``N - h*w`` of them (a CLS token may join only at a later block: ``backbone.cls_from_layer``)."""
-    h, w = model.layout.grid
+    ``N - h*w`` of them (a CLS token may join only at a later block: ``backbone.cls_from_layer``). The grid is
+    the model's, or block ``layer``'s where the backbone's stages differ (``block_layouts()``: MetaFormer)."""
+    layouts = getattr(model, "block_layouts", None)
+    h, w = (layouts()[layer] if callable(layouts) and layer is not None else model.layout).grid
     prefix = model.layout.num_prefix if num_tokens is None else num_tokens - h * w
     return prefix + (h // 2) * w + w // 2
 
@@ -51,7 +53,7 @@ def effective_receptive_fields(
             maps = {}
             for k in layers:
                 # summed over the batch: each image's gradient lands in its own slice of x.grad
-                centre = centre_token(model, outputs[k].shape[1])
+                centre = centre_token(model, outputs[k].shape[1], layer=k)
                 (grad,) = torch.autograd.grad(outputs[k][:, centre].float().sum(), x, retain_graph=True)
                 maps[k] = grad.abs().sum(dim=1).mean(dim=0).cpu().numpy()  # (H, W)
     finally:
@@ -90,12 +92,16 @@ def write_erf(model: nn.Module, dataset, layers: list[int], out_dir: Path, image
         heat_png(heat, files[k], f"{(meta or {}).get('mixer') or 'model'}: block {k}")
     np.savez(out_dir / "erf.npz", **{f"layer{k}": v for k, v in maps.items()})
     # share of the gradient inside the centre patch: near 1 = local, small = spread over the image
-    h, w = model.layout.grid
-    p = batch.shape[-1] // w  # patch size
-    r0, c0 = (h // 2) * p, (w // 2) * p
+    layouts = getattr(model, "block_layouts", None)
+
+    def centre_share(k: int, v: np.ndarray) -> float:
+        h, w = (layouts()[k] if callable(layouts) else model.layout).grid  # a stage's grid: its own patches
+        p = batch.shape[-1] // w  # patch size
+        r0, c0 = (h // 2) * p, (w // 2) * p
+        return round(float(v[r0:r0 + p, c0:c0 + p].sum() / max(v.sum(), 1e-12)), 4)
+
     record = {**(meta or {}), "layers": sorted(maps), "images": int(batch.shape[0]),
               "files": {str(k): f.name for k, f in files.items()},
-              "centre_patch_share": {str(k): round(float(v[r0:r0 + p, c0:c0 + p].sum() / max(v.sum(), 1e-12)),
-                                                   4) for k, v in maps.items()}}
+              "centre_patch_share": {str(k): centre_share(k, v) for k, v in maps.items()}}
     atomic_write_text(out_dir / "erf.json", json.dumps(record, indent=2) + "\n")
     return record

@@ -1,10 +1,12 @@
-"""Pretrained weights into any backbone preset: the one converter for timm/DeiT ViT files and mixerlab runs.
+"""Pretrained weights into any backbone preset: the one converter for timm/DeiT ViT files, timm MetaFormer
+files (poolformer, poolformerv2, convformer, caformer) and mixerlab runs.
 
     file    .pth/.pt/.bin/.ckpt: torch.load(weights_only=True); .safetensors: safetensors.torch.load_file
       -> unwrap   {"model": sd} / {"state_dict": sd} (DeiT, timm), a Lightning checkpoint ("backbone." keys),
                   EMA weights with init.ema=true ({"model_ema"}, {"state_dict_ema"}, "ema.module." keys)
       -> source   the first entry of SOURCES whose signature key the state dict holds; its renames map the
-                  keys to ours (timm's blocks.i.attn.* -> blocks.i.mixer.*)
+                  keys to ours (timm's blocks.i.attn.* -> blocks.i.mixer.*; a MetaFormer's
+                  stages.s.blocks.j.token_mixer.* -> .mixer.*, its 1x1-conv weights flattened to Linear's)
       -> match    key by key against the model's state dict:
                     same name and shape                       loaded
                     pos_embed on another grid                 resampled: bicubic over the patch grid, the
@@ -50,8 +52,9 @@ from torch import nn
 from mixerlab.errors import ConfigError
 
 StateDict = dict[str, torch.Tensor]
-BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.")
-MIXER_KEY = re.compile(r"^blocks\.(\d+)\.mixer\.")
+# a block's state-dict prefix: blocks.i (the ViT) or stages.s.blocks.j (the MetaFormer)
+BLOCK_KEY = re.compile(r"^((?:stages\.\d+\.)?blocks\.\d+)\.")
+MIXER_KEY = re.compile(r"^((?:stages\.\d+\.)?blocks\.\d+)\.mixer\.")
 
 
 def mixer_family(mixer: nn.Module) -> str:
@@ -64,6 +67,13 @@ def mixer_families(backbone: nn.Module) -> list[str]:
     return [mixer_family(block.mixer) for block in getattr(backbone, "blocks", [])]
 
 
+def block_prefixes(backbone: nn.Module) -> list[str]:
+    """Each block's state-dict prefix in ``backbone.blocks`` order: the backbone's ``block_prefixes()`` (the
+    MetaFormer's ``stages.s.blocks.j``), else the ViT's ``blocks.i``."""
+    own = getattr(backbone, "block_prefixes", None)
+    return own() if callable(own) else [f"blocks.{i}" for i in range(len(getattr(backbone, "blocks", [])))]
+
+
 @dataclass(frozen=True)
 class Source:
     """One checkpoint architecture the converter reads.
@@ -71,20 +81,25 @@ class Source:
     signature:    a regex only this source's state dict keys match (checked before renaming)
     renames:      (regex, replacement) pairs applied to every key, in order, giving our names
     ignored:      (regex on our names, why) for keys with no counterpart in a mixerlab backbone
-    mixer_family: (renamed state dict, checkpoint metadata, block index) -> the family of that block's
-                  mixer in the checkpoint, or None when unknown (then names and shapes decide)
+    mixer_family: (renamed state dict, checkpoint metadata, block index, block prefix) -> the family of
+                  that block's mixer in the checkpoint, or None when unknown (then names and shapes decide)
     pos_prefix:   the prefix-token parameters whose positions lead pos_embed when present, in order
+    accepts:      a further test of the (unrenamed) state dict, where key names alone do not tell sources
+                  apart (timm's MetaFormer and ours share them; timm's conv stages hold 4-D 1x1 weights)
+    squeeze_1x1:  a (out, in, 1, 1) convolution weight loads into a Linear's (out, in) weight
     """
 
     name: str
     signature: str
     renames: tuple[tuple[str, str], ...] = ()
     ignored: tuple[tuple[str, str], ...] = ()
-    mixer_family: Callable[[Mapping, Mapping, int], str | None] = lambda state, meta, i: None
+    mixer_family: Callable[[Mapping, Mapping, int, str], str | None] = lambda state, meta, i, prefix: None
     pos_prefix: tuple[str, ...] = ("cls_token",)
+    accepts: Callable[[Mapping], bool] = lambda state: True
+    squeeze_1x1: bool = False
 
 
-def _recorded_family(state: Mapping, meta: Mapping, i: int) -> str | None:
+def _recorded_family(state: Mapping, meta: Mapping, i: int, prefix: str) -> str | None:
     families = meta.get("mixer_families") or []
     return _current_family(families[i]) if i < len(families) else None
 
@@ -107,8 +122,9 @@ def _current_family(recorded: str) -> str:
 SOURCES: tuple[Source, ...] = (
     Source(
         name="mixerlab",
-        signature=r"^blocks\.\d+\.mixer\.",
+        signature=r"^(?:stages\.\d+\.)?blocks\.\d+\.mixer\.",
         mixer_family=_recorded_family,
+        accepts=lambda state: not _conv_mlp(state),
     ),
     Source(
         name="timm_convit",  # timm ConVit (convit_tiny/small/base); our GPSA and ConViTMHSA reuse its names
@@ -129,10 +145,36 @@ SOURCES: tuple[Source, ...] = (
             (r"^head_dist\.", "DeiT's distillation head: the model has no distillation token"),
             (r"^fc_norm\.", "timm's norm after pooling: the model normalises before pooling (norm.*)"),
         ),
-        mixer_family=lambda state, meta, i: "attention" if f"blocks.{i}.mixer.qkv.weight" in state else None,
+        mixer_family=lambda state, meta, i, prefix: (
+            "attention" if f"{prefix}.mixer.qkv.weight" in state else None
+        ),
         pos_prefix=("cls_token", "dist_token"),
     ),
+    Source(
+        name="timm_metaformer",  # timm MetaFormer: poolformer_*, poolformerv2_*, convformer_*, caformer_*
+        signature=r"^stages\.\d+\.blocks\.\d+\.mlp\.fc1\.weight$",
+        renames=((r"^(stages\.\d+\.blocks\.\d+)\.token_mixer\.", r"\1.mixer."),),
+        mixer_family=lambda state, meta, i, prefix: _metaformer_family(state, prefix),
+        pos_prefix=(),
+        accepts=lambda state: _conv_mlp(state),
+        squeeze_1x1=True,
+    ),
 )
+
+
+def _conv_mlp(state: Mapping) -> bool:
+    """timm's MetaFormer runs its conv stages' MLPs as 1x1 convolutions (4-D weights); ours are Linear."""
+    return any(k.startswith("stages.") and k.endswith(".mlp.fc1.weight") and v.ndim == 4
+               for k, v in state.items())
+
+
+def _metaformer_family(state: Mapping, prefix: str) -> str | None:
+    """timm MetaFormer blocks hold attention (qkv, proj), SepConv (pwconv1, ...) or pooling (no weights)."""
+    if f"{prefix}.mixer.qkv.weight" in state:
+        return "attention"
+    if f"{prefix}.mixer.pwconv1.weight" in state:
+        return "sepconv"
+    return None
 
 
 @dataclass
@@ -232,7 +274,7 @@ def _unwrap(obj, path: Path, ema: bool) -> StateDict:
 def recognise(state: Mapping[str, torch.Tensor], path: str | Path) -> Source:
     for source in SOURCES:
         pattern = re.compile(source.signature)
-        if any(pattern.search(key) for key in state):
+        if any(pattern.search(key) for key in state) and source.accepts(state):
             return source
     sample = ", ".join(f"{key} {_shape(value)}" for key, value in list(state.items())[:5])
     raise ConfigError(
@@ -338,6 +380,7 @@ def load_pretrained(model: nn.Module, path: str | Path | PretrainedFile, ema: bo
     ignored = [(re.compile(pattern), why) for pattern, why in source.ignored]
     families = mixer_families(model)
     depth = len(families)
+    index = {prefix: i for i, prefix in enumerate(block_prefixes(model))}
     new: StateDict = {}
     for key, value in state.items():
         if not isinstance(value, torch.Tensor):
@@ -345,15 +388,18 @@ def load_pretrained(model: nn.Module, path: str | Path | PretrainedFile, ema: bo
         why = next((why for pattern, why in ignored if pattern.search(key)), None)
         block = BLOCK_KEY.match(key)
         mixer = MIXER_KEY.match(key)
-        if why is None and block and int(block[1]) >= depth:
-            why = f"the checkpoint has more blocks than backbone.depth={depth}"
+        if why is None and block and block[1] not in index:
+            why = f"the checkpoint has more blocks than backbone.depth={depth} (or backbone.stages) holds"
         if why is None and mixer:
-            i = int(mixer[1])
-            theirs = source.mixer_family(state, meta, i)
+            i = index[mixer[1]]
+            theirs = source.mixer_family(state, meta, i, mixer[1])
             if theirs is not None and theirs != families[i]:
                 why = f"block {i} holds {families[i]}, not the checkpoint's {theirs}: initialised afresh"
         if why is None and key not in target:
             why = _absent_reason(key, model)
+        if (why is None and source.squeeze_1x1 and key in target and value.ndim == 4
+                and value.shape[2:] == (1, 1) and value.shape[:2] == target[key].shape):
+            value = value.flatten(1)  # a 1x1 convolution is a Linear on tokens
         if why is None and key == "pos_embed":
             value, how = resample_pos_embed(value, model, state, source)
             if how:

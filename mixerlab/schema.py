@@ -198,6 +198,10 @@ KEY_RULES: dict[str, Rule] = {
     "backbone.head": Choice(("cls", "gap")),
     "backbone.pos_embed": Choice("mixerlab.backbone.POS_EMBEDS"),
     "backbone.schedule.*.layers": POSITIVE,
+    "backbone.stages.*.depth": POSITIVE,
+    "backbone.stages.*.dim": POSITIVE,
+    "backbone.classifier": Choice("mixerlab.metaformer.CLASSIFIERS"),
+    "backbone.**.res_scale": Number(gt=0, null=True),
     "backbone.**.layer_scale": Number(gt=0, null=True),
     # recipe (mixerlab/recipe.py)
     "recipe.lr": Number(gt=0),
@@ -269,6 +273,9 @@ PARAM_RULES: dict[str, Rule] = {
     "mixerlab.backbone.BlockSpec.style": Choice("mixerlab.backbone.BlockSpec.STYLES"),
     "mixerlab.backbone.BlockSpec.order": Choice("mixerlab.backbone.BlockSpec.ORDERS"),
     "mixerlab.backbone.BlockSpec.norm": Choice("mixerlab.backbone.BlockSpec.NORMS"),
+    "mixerlab.metaformer.StageBlock.norm": Choice("mixerlab.metaformer.StageBlock.NORMS"),
+    "mixerlab.metaformer.StageBlock.mlp_act": Choice(("starrelu", "gelu")),
+    "mixerlab.metaformer.StageBlock.mlp_ratio": Number(gt=0),
     "data.digit_tasks.DigitTasksDataModule.task": Choice(("odd_one_out", "sum_mod10", "same_different",
                                                           "marker")),
 }
@@ -276,6 +283,7 @@ PARAM_RULES: dict[str, Rule] = {
 # A dict option whose keys are another class's constructor (``owner.param`` -> class), or a fixed tuple.
 NESTED: dict[str, str | tuple] = {
     "mixerlab.backbone.VisionTransformer.block": "mixerlab.backbone.BlockSpec",
+    "mixerlab.metaformer.MetaFormer.block": "mixerlab.metaformer.StageBlock",
     "data.imagenet_folder.ImageNetFolderDataModule.augment": "data.transforms.AugmentConfig",
     "data.digits.DigitsDataModule.augment": "data.transforms.AugmentConfig",
     "data.imagenet_ffcv.ImageNetFFCVDataModule.augment": "data.imagenet_ffcv.AUGMENT_KEYS",
@@ -292,12 +300,15 @@ NODE_KEYS: dict[str, tuple | None] = {
     "sweep": ("name", "report"),
     "backbone.schedule.*": ("layers", "mixer", "block"),
     "backbone.schedule.*.block": "mixerlab.backbone.BlockSpec",
+    "backbone.stages.*": ("depth", "dim", "mixer", "mixer_options", "block"),  # metaformer.STAGE_KEYS
+    "backbone.stages.*.block": "mixerlab.metaformer.StageBlock",
 }
 
 # Constructor arguments the code passes, never the config (mixers/contract.py; training.py).
 SUPPLIED: dict[str, tuple[str, ...]] = {
     "mixer": ("dim", "layout", "layer_index", "num_layers"),
     "backbone.schedule.*.mixer": ("dim", "layout", "layer_index", "num_layers"),
+    "backbone.stages.*.mixer": ("dim", "layout", "layer_index", "num_layers"),
     "backbone": ("mixer",),
     "recipe": ("backbone",),
     "recipe.mixup": ("label_smoothing", "num_classes"),

@@ -4,7 +4,10 @@
     y = softmax(q k^T / sqrt(C/h)) v
     out = y W_o
 
-Head dim 64 in DeiT (Ti 3 heads, S 6, B 12), qkv with bias. The product runs through
+Head dim 64 in DeiT (Ti 3 heads, S 6, B 12), qkv with bias. ``head_dim=d`` fixes the head width instead
+of the head count (heads = C / d): CAFormer's attention stages (Yu et al. 2023, "MetaFormer Baselines for
+Vision"; timm ``metaformer.py`` Attention) use d = 32 at every width, without qkv or projection bias
+(``qkv_bias=false proj_bias=false``). The product runs through
 ``torch.nn.functional.scaled_dot_product_attention`` so the fused CPU/flash/efficient kernels apply.
 
 SSA (Hussain, Zaki, Subramanian, KDD 2023, arXiv 2306.01705; ``shamim-hussain/ssa`` holds no code, so this is
@@ -69,13 +72,21 @@ class Attention(nn.Module):
         num_layers: int = 1,
         ssa: Mapping | None = None,
         seed: int = 0,
+        head_dim: int | None = None,
+        proj_bias: bool = True,
     ) -> None:
         super().__init__()
+        if head_dim is not None:  # the head width is fixed, the head count follows the width
+            if head_dim < 1 or dim % head_dim:
+                raise ConfigError(
+                    f"width {dim} is not a multiple of mixer.head_dim={head_dim}: heads = width / head_dim"
+                )
+            num_heads = dim // head_dim
         check_heads(dim, num_heads)
         self.num_heads = num_heads
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.attn_drop = attn_drop
-        self.proj = nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim, bias=proj_bias)
         self.proj_drop = nn.Dropout(proj_drop)
         self.layout, self.layer_index, self.seed = layout, layer_index, int(seed)
         self.ssa = check_ssa(ssa)

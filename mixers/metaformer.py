@@ -7,7 +7,8 @@ sail-sg/metaformer).
     random:   out = R x,  R = softmax(rand(N, N)) frozen at initialisation                over the N tokens
 
 None has trainable parameters. PoolFormer's block uses GroupNorm(1, C) and LayerScale 1e-5 on both branches
-(``backbone.block.norm=groupnorm backbone.block.layer_scale=1e-5``); its 4-stage hierarchy is not modelled.
+(``backbone.block.norm=groupnorm backbone.block.layer_scale=1e-5``); PoolFormer's own 4-stage model is the
+preset ``experiment=poolformer_s12`` (and ``poolformerv2_s12``).
 
 CLS handling: pooling is defined on the patch grid; a prefix token pools over itself alone, so its output
 is 0 (the residual leaves it unchanged). Random mixing mixes all N tokens, prefix included, so its matrix

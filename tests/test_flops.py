@@ -172,6 +172,11 @@ def ffnified(c: Case) -> int:
     return linear(c.N, c.C, c.C) + 2 * 2 * c.N * c.C * taps  # 1x1 conv, two depthwise convs
 
 
+def sepconv(c: Case) -> int:
+    k, hidden = c.opt["kernel_size"], int(c.opt["expansion_ratio"] * c.C)
+    return linear(c.N, c.C, hidden) + 2 * c.N * hidden * k * k + linear(c.N, hidden, c.C)  # pw, dw k x k, pw
+
+
 def hyena(c: Case) -> int:
     n, F = c.h * c.w, c.opt["filter_order"]  # square grid, order 2, four directions
     filter_mlp = linear(c.h, 3, F) + 2 * linear(c.h, F, F) + linear(c.h, F, c.C)  # on the h positions
@@ -202,6 +207,7 @@ ANALYTIC = {
     "axial": lambda c: axis_attention("row")(c) + axis_attention("col")(c),
     "halo": halo,
     "ffnified": ffnified,
+    "sepconv": sepconv,
     "hyena": hyena,
     "performer": performer,
     "nystrom": nystrom,

@@ -35,6 +35,10 @@ PRESETS = [
     "convit_small",
     "convit_base",
     "axial_vit_tiny",
+    "poolformer_s12",
+    "poolformerv2_s12",
+    "convformer_s18",
+    "caformer_s18",
 ]
 
 EXACT_PARAMS = {
@@ -52,6 +56,10 @@ EXACT_PARAMS = {
     "convit_small": 27_777_322,
     "convit_base": 86_540_040,
     "axial_vit_tiny": 5_717_416,  # an axis layer has MHSA's parameters
+    "poolformer_s12": 11_915_176,  # timm.create_model(name) (tests/test_metaformer.py: identical logits)
+    "poolformerv2_s12": 11_891_712,
+    "convformer_s18": 26_774_448,
+    "caformer_s18": 26_341_656,
 }
 APPROX_PARAMS = {  # reported to 3-4 significant digits: within 0.5%
     "deit_base": 86.57e6,
@@ -76,6 +84,10 @@ GMACS = {  # forward, per image; the spectral models' FFTs are counted analytica
     "spectformer_xs": 4.0,
     "spectformer_s": 6.6,
     "spectformer_b": 11.5,
+    "poolformer_s12": 1.8,  # sail-sg/poolformer and sail-sg/metaformer READMEs
+    "poolformerv2_s12": 1.8,
+    "convformer_s18": 3.9,
+    "caformer_s18": 4.1,
 }
 
 
