@@ -130,9 +130,9 @@ SOURCES: tuple[Source, ...] = (
         name="timm_convit",  # timm ConVit (convit_tiny/small/base); our GPSA and ConViTMHSA reuse its names
         signature=r"^blocks\.\d+\.attn\.gating_param$",
         renames=((r"^blocks\.(\d+)\.attn\.", r"blocks.\1.mixer."),),
-        mixer_family=lambda state, meta, i: (
-            "gpsa" if f"blocks.{i}.mixer.gating_param" in state
-            else "attention" if f"blocks.{i}.mixer.qkv.weight" in state else None
+        mixer_family=lambda state, meta, i, prefix: (
+            "gpsa" if f"{prefix}.mixer.gating_param" in state
+            else "attention" if f"{prefix}.mixer.qkv.weight" in state else None
         ),
         pos_prefix=(),  # ConViT adds the CLS token after its position embedding
     ),
