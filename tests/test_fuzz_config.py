@@ -56,17 +56,30 @@ def _leaves(node, prefix: str = "") -> list[str]:
 
 
 @cache
-def key_space() -> tuple[str, ...]:
-    """Every key of the default config, plus every option of every mixer and data source."""
+def config_of(choices: tuple[str, ...]):
+    """The config these group choices compose; the default one where Hydra refuses them."""
     from mixerlab.build import compose_config
 
-    keys = set()
-    choices = [[], *([f"mixer={m}"] for m in GROUPS["mixer"]), *([f"data={d}"] for d in GROUPS["data"])]
-    for overrides in choices:
-        cfg = compose_config(overrides)
-        body = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"])
-        keys |= {k for k in _leaves(body) if not SKIPPED_KEY.search(k)}
-    return tuple(sorted(keys))
+    try:
+        return compose_config(list(choices))
+    except HydraException:
+        return compose_config([])
+
+
+@cache
+def keys_of(choices: tuple[str, ...]) -> tuple[str, ...]:
+    """The keys of the config that these group choices compose (Hydra's keys, without its own)."""
+    cfg = config_of(choices)
+    body = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"])
+    return tuple(sorted(k for k in _leaves(body) if not SKIPPED_KEY.search(k)))
+
+
+@cache
+def key_space() -> tuple[str, ...]:
+    """Every key of the default config, plus every option of every mixer and data source: the keys an
+    error may name."""
+    choices = [(), *((f"mixer={m}",) for m in GROUPS["mixer"]), *((f"data={d}",) for d in GROUPS["data"])]
+    return tuple(sorted({key for c in choices for key in keys_of(c)}))
 
 
 def _render(value) -> str:
@@ -98,19 +111,43 @@ values = st.one_of(scalars, st.lists(scalars, max_size=3),
                    st.dictionaries(st.sampled_from(["a", "size", "mixer", "layers"]), scalars, max_size=2))
 
 
+def _like(default) -> st.SearchStrategy:
+    """Values of the default's own type (edges included): the draws that get past composition."""
+    if isinstance(default, bool):
+        return st.booleans()
+    if isinstance(default, int):
+        return st.one_of(st.integers(-3, 3 * max(abs(default), 1)), st.sampled_from([0, -1, 2 ** 31]))
+    if isinstance(default, float):
+        return st.one_of(st.floats(-2.0, 2.0 * max(abs(default), 1.0)), st.sampled_from([0.0, -1e-9, 1e9]))
+    if isinstance(default, str):
+        return st.one_of(st.text(alphabet="abcxyz_-./0123 ", max_size=8), st.just(default + "x"))
+    return values
+
+
 @st.composite
 def overrides(draw) -> list[str]:
-    chosen = []
+    groups = []
     for group, options in GROUPS.items():
         if draw(st.integers(0, 5)) == 0:  # each group changed in one draw of six
             unknown = draw(st.integers(0, 7)) == 0  # one change in eight names an option that does not exist
             option = draw(st.sampled_from(["nope", "attention2", ""] if unknown else options))
-            chosen.append(f"{group}={option}")
+            groups.append(f"{group}={option}")
+    composed = keys_of(tuple(groups))
+    chosen = list(groups)
     for _ in range(draw(st.integers(1, 3))):
-        key = draw(st.sampled_from(key_space()))
-        prefix = draw(st.sampled_from(["", "", "", "+", "++"]))
-        chosen.append(f"{prefix}{key}={_render(draw(values))}")
+        if draw(st.integers(0, 7)) == 0:  # a key of another group's option, or added with +/++
+            key, prefix = draw(st.sampled_from(key_space())), draw(st.sampled_from(["", "+", "++"]))
+            value = draw(values)
+        else:  # a key this config has, a value of any type or of the default's own type
+            key, prefix = draw(st.sampled_from(composed)), ""
+            try:
+                default = OmegaConf.select(config_of(tuple(groups)), key, default=None)
+            except Exception:  # noqa: BLE001 - an interpolation that only resolves in a run: any type then
+                default = None
+            value = draw(st.one_of(values, _like(default)))
+        chosen.append(f"{prefix}{key}={_render(value)}")
     return chosen
+
 
 
 class Refused(Exception):
