@@ -69,3 +69,19 @@ def test_every_mixer_module_says_its_paper_and_formula(name):
     # one file per mixer family: its docstring names the paper (with its year) and the official code
     assert re.search(r"\b(19|20)\d\d\b", module.__doc__ or ""), (
         f"{module_name}'s docstring does not cite the paper (authors, year, official code) and its formula")
+
+
+def test_the_readme_picture_is_redrawn_from_results(tmp_path):
+    """docs/img/proxy_intervals.svg is what scripts/results_figure.py draws from RESULTS.md today: a changed
+    table with a stale picture fails here."""
+    from scripts.results_figure import main, read_summary
+
+    seeds = read_summary(REPO / "RESULTS.md")
+    attention = seeds["attention"]["sum mod 10"]  # 52.9 ± 21.9 in the table: the two seeds back
+    assert sum(attention) / 2 == pytest.approx(52.9) and abs(attention[1] - attention[0]) / 2 ** 0.5 == (
+        pytest.approx(21.9))
+    assert main(["--out", str(tmp_path / "figure.svg")]) == 0
+    drawn = (tmp_path / "figure.svg").read_text()
+    assert drawn == (REPO / "docs" / "img" / "proxy_intervals.svg").read_text()
+    for mixer in ("identity", "pooling", "attention", "feedforward", "spectral"):
+        assert mixer in drawn
