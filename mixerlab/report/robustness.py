@@ -19,10 +19,14 @@ CLEAN = "clean"
 
 
 def read_eval(run_dir: Path) -> dict:
-    try:
-        return json.loads((Path(run_dir) / "eval.json").read_text()).get("sets") or {}
-    except (OSError, ValueError):
-        return {}
+    """The run's evaluated sets; a damaged eval.json is said in one warning line and left out."""
+    from mixerlab.storage import read_derived_json
+
+    record = read_derived_json(Path(run_dir) / "eval.json", "evaluation record",
+                               "its sets are left out of the report; move it aside and run eval.py again "
+                               "for each set") or {}
+    sets = record.get("sets")
+    return sets if isinstance(sets, dict) else {}
 
 
 def eval_sets_of(groups) -> list[str]:
