@@ -48,7 +48,7 @@ def load_torch_file(path: str | Path, what: str, fix: str, mmap: bool = False,
             raise EOFError
         return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
-        if "weights_only" in str(error) or "Weights only" in str(error):
+        if "Unsupported global" in str(error):  # a whole pickle naming a class: not damaged, see above
             raise
         raise DamagedFileError(f"{what}: {path} {_describe(path)}; {fix}") from None
     except (RuntimeError, OSError, EOFError, ValueError, zipfile.BadZipFile, KeyError, IndexError):
@@ -112,7 +112,7 @@ def disk_full(error: BaseException, path: str | Path) -> DiskFullError | None:
     if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
         reason = "the disk is full" if error.errno == errno.ENOSPC else "the disk quota is exceeded"
     elif isinstance(error, RuntimeError) and any(s in str(error) for s in _TORCH_SHORT_WRITE):
-        reason = "the disk is full (the write came up short)"
+        reason = "the disk is full"  # the C++ writer's "unexpected pos": its write came up short
     else:
         return None
     return DiskFullError(

@@ -1,0 +1,248 @@
+"""Damaged files, a full disk and kills (docs/reliability.md): each ends in one line naming the file or the
+full disk, with no traceback, and nothing already written is lost.
+
+One tiny run (2 epochs of 4 steps, a checkpoint every 2 steps) is trained once; the other tests damage
+copies of it, evaluate it, report it, or repeat its command on a small file system.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mixerlab.checkpointing import checkpoint_step
+from mixerlab.errors import ConfigError, DamagedFileError, DiskFullError
+from mixerlab.evaluation import merge_eval, read_eval
+from mixerlab.pretrained import read_state_dict
+from mixerlab.storage import disk_full, load_torch_file, read_config_file, read_json_file
+from mixerlab.sweep import SweepIndex, job_status
+from tests.conftest import REPO, run_train
+
+RUN = ("trainer.max_epochs=2", "+trainer.limit_train_batches=4", "+trainer.limit_val_batches=2",
+       "backbone.depth=2", "callbacks.checkpoint.every_n_steps=2", "~callbacks.progress",
+       "+trainer.enable_progress_bar=false")
+ENV = {"OMP_NUM_THREADS": "1"}
+
+
+def run_script(script: str, *args: str, check: bool = False) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, str(REPO / script), *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, **ENV})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} {args} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def one_line_error(proc: subprocess.CompletedProcess, kind: str) -> str:
+    """The process failed with exactly one line of ``kind``, and no traceback anywhere in its output."""
+    assert proc.returncode != 0, proc.stdout[-2000:]
+    assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"{kind}: "), proc.stderr[-3000:]
+    return last
+
+
+def cut(src: Path, dst: Path, size: int) -> Path:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.write_bytes(src.read_bytes()[:size])
+    return dst
+
+
+def every_json_parses(root: Path) -> list[Path]:
+    """Every JSON file under ``root`` (temporary files excepted) parses: none is half-written."""
+    files = [p for p in root.rglob("*.json") if not p.name.startswith(".")]
+    for path in files:
+        json.loads(path.read_text())
+    return files
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, dict]:
+    run_dir = tmp_path_factory.mktemp("trained") / "run"
+    _, summary = run_train(run_dir, *RUN, env=ENV)
+    assert summary["status"] == "completed"
+    return run_dir, summary
+
+
+# ------------------------------------------------------------------------------------ damaged files
+def test_a_cut_empty_or_foreign_torch_file_is_named_with_what_is_wrong(tmp_path):
+    whole = tmp_path / "whole.pth"
+    torch.save({"w": torch.randn(64, 64)}, whole)
+    cases = {cut(whole, tmp_path / "cut.pth", 4000): "truncated",
+             cut(whole, tmp_path / "empty.pth", 0): "empty"}
+    (tmp_path / "text.pth").write_text('{"not": "torch"}')
+    cases[tmp_path / "text.pth"] = "not a torch file"
+    for path, what in cases.items():
+        with pytest.raises(DamagedFileError, match=what) as info:
+            load_torch_file(path, "init.checkpoint", "download it again")
+        assert str(path) in str(info.value) and "download it again" in str(info.value)
+    assert load_torch_file(whole, "x", "y")["w"].shape == (64, 64)
+
+
+def test_a_weights_file_cut_to_100kb_is_a_config_error_naming_it(tmp_path):
+    whole = tmp_path / "deit.pth"
+    torch.save({"model": {"w": torch.randn(256, 256)}}, whole)
+    with pytest.raises(ConfigError, match=r"init.checkpoint: .*part\.pth is truncated"):
+        read_state_dict(cut(whole, tmp_path / "part.pth", 100_000))
+
+
+def test_a_damaged_run_checkpoint_is_named_before_resume(trained, tmp_path):
+    run_dir, _ = trained
+    damaged = cut(run_dir / "checkpoints" / "last.ckpt", tmp_path / "last.ckpt", 5000)
+    with pytest.raises(DamagedFileError, match=r"run checkpoint: .*last\.ckpt is truncated.*move it aside"):
+        checkpoint_step(damaged)
+    assert checkpoint_step(run_dir / "checkpoints" / "last.ckpt") == 8
+
+
+def test_damaged_json_records_are_named_and_eval_json_is_never_merged_over(tmp_path):
+    for text, what in [("", "is empty"), ('{"sets": {"clean"', "not valid JSON"), ("[1, 2]", "JSON list")]:
+        (tmp_path / "eval.json").write_text(text)
+        with pytest.raises(DamagedFileError, match=what):
+            read_eval(tmp_path)
+        with pytest.raises(DamagedFileError, match=r"eval\.json.*move it aside"):
+            merge_eval(tmp_path, "clean", {"top1": 1.0}, {})
+        assert (tmp_path / "eval.json").read_text() == text  # the sets it may still hold are not dropped
+    assert read_json_file(tmp_path / "absent.json", "x", "y") is None
+
+
+def test_a_damaged_summary_counts_as_incomplete_and_a_damaged_sweep_index_is_rebuilt(tmp_path, caplog):
+    for seed in (0, 1):
+        job = tmp_path / f"seed={seed}"
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "overrides.yaml").write_text(f"- seed={seed}\n")
+        (job / "summary.json").write_text(json.dumps({"status": "completed", "top1": 50.0 + seed}))
+    (tmp_path / "seed=1" / "summary.json").write_text('{"status": "compl')
+    assert job_status(tmp_path / "seed=1")[0] == "incomplete"  # re-running the sweep resumes it
+    assert "seed=1/summary.json is not valid JSON" in caplog.text
+    (tmp_path / "sweep.json").write_text('{"jobs": [{"job": "seed=0", "sta')
+    index = SweepIndex(tmp_path).refresh()
+    assert "sweep.json is not valid JSON" in caplog.text and "rebuilding it" in caplog.text
+    assert {j["job"]: j["status"] for j in index["jobs"]} == {"seed=0": "completed", "seed=1": "incomplete"}
+    assert json.loads((tmp_path / "sweep.json").read_text())["counts"]["completed"] == 1
+
+
+def test_a_damaged_run_config_is_named(tmp_path):
+    for text, what in [("a: [1,\n", "not valid YAML"), ("", "empty or not a mapping"), ("- 1\n", "mapping")]:
+        (tmp_path / "config.yaml").write_text(text)
+        with pytest.raises(DamagedFileError, match=what):
+            read_config_file(tmp_path / "config.yaml", "the run's config", "restore it")
+
+
+def test_a_short_write_from_torch_or_python_reads_as_a_full_disk():
+    torch_short = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1500928 vs 15008")
+    for error in (torch_short, OSError(errno.ENOSPC, "No space left on device")):
+        full = disk_full(error, "/runs/x/last.ckpt")
+        assert isinstance(full, DiskFullError) and "disk is full writing /runs/x/last.ckpt" in str(full)
+    assert disk_full(RuntimeError("shape mismatch"), "p") is None
+    assert disk_full(OSError(errno.EACCES, "denied"), "p") is None
+
+
+def test_scripts_print_one_line_for_damaged_files(trained, tmp_path):
+    run_dir, _ = trained
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    cut(run_dir / "checkpoints" / "last.ckpt", copy / "checkpoints" / "last.ckpt", 5000)
+    line = one_line_error(run_script("eval.py", f"run={copy}"), "DamagedFileError")
+    assert "last.ckpt is truncated" in line
+    weights = cut(run_dir / "checkpoints" / "last.ckpt", tmp_path / "weights.pth", 100_000)
+    proc = run_script("train.py", f"hydra.run.dir={tmp_path / 'init'}", *RUN, f"init.checkpoint={weights}")
+    assert "weights.pth is truncated" in one_line_error(proc, "DamagedFileError")
+
+
+# ------------------------------------------------------------------------------------ a full disk
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MB tmpfs: room for one checkpoint of the tiny run (1.3 MB), not for the next one beside it."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root and mount permission): {proc.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_stops_cleanly_and_the_same_command_resumes_to_the_same_weights(trained, small_disk):
+    _, undisturbed = trained
+    run_dir = small_disk / "run"
+    proc, summary = run_train(run_dir, *RUN, check=False, env=ENV)
+    line = one_line_error(proc, "DiskFullError")
+    assert "disk is full writing" in line and str(run_dir / "checkpoints" / "last.ckpt") in line
+    assert checkpoint_step(run_dir / "checkpoints" / "last.ckpt") == 2  # the last good one, loadable
+    assert summary["status"] == "interrupted"
+    assert summary["error"].startswith("DiskFullError: the disk is full")
+    assert "DiskFullError: the disk is full" in (run_dir / "train.log").read_text()
+    assert not list((run_dir / "checkpoints").glob(".*.tmp"))  # the half-written one is gone
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)  # space freed
+    proc, summary = run_train(run_dir, *RUN, env=ENV)
+    assert summary["status"] == "completed" and summary["resumed_from_step"] == 2
+    assert summary["weights_sha256"] == undisturbed["weights_sha256"]
+
+
+# ------------------------------------------------------------------------------------ kills
+def test_eval_killed_at_random_points_then_rerun_and_two_at_once_keep_every_set(trained, tmp_path):
+    run_dir, _ = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    rng = random.Random(0)
+    cmd = [sys.executable, str(REPO / "eval.py"), f"run={copy}"]
+    for _ in range(2):  # SIGKILL anywhere between start-up and the eval.json write
+        proc = subprocess.Popen([*cmd, "set_name=killed"], cwd=REPO, env={**os.environ, **ENV},
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(1.0, 8.0))
+        proc.kill()
+        proc.wait()
+        every_json_parses(copy)
+    both = [subprocess.Popen([*cmd, f"set_name={name}"], cwd=REPO, env={**os.environ, **ENV},
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for name in ("first", "second")]
+    for proc in both:
+        out, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, out[-3000:]
+    sets = json.loads((copy / "eval.json").read_text())["sets"]
+    assert {"first", "second"} <= set(sets) and sets["first"]["top1"] == sets["second"]["top1"]
+
+
+def test_report_killed_at_random_points_then_rerun_writes_whole_files(trained, tmp_path):
+    run_dir, _ = trained
+    out = tmp_path / "report"
+    cmd = [sys.executable, str(REPO / "scripts" / "report.py"), str(run_dir), "--out", str(out)]
+    rng = random.Random(1)
+    for _ in range(2):
+        proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **ENV}, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.5, 5.0))
+        proc.kill()
+        proc.wait()
+        if out.exists():
+            every_json_parses(out)
+    subprocess.run(cmd, cwd=REPO, env={**os.environ, **ENV}, check=True, capture_output=True, timeout=300)
+    assert json.loads((out / "report.json").read_text())
+    assert (out / "report.html").read_text().rstrip().endswith("</html>")
+
+
+def test_a_sweep_killed_at_a_random_point_then_rerun_completes_every_job(tmp_path):
+    cmd = [sys.executable, str(REPO / "train.py"), "-m", "seed=0,1", *RUN[:4], "sweep.report=false",
+           "~callbacks.progress", "+trainer.enable_progress_bar=false"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB")} | ENV
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(random.Random(2).uniform(6.0, 14.0))
+    proc.kill()
+    proc.wait()
+    every_json_parses(tmp_path)
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    (sweep_dir,) = (tmp_path / "runs" / "sweeps").iterdir()
+    index = json.loads((sweep_dir / "sweep.json").read_text())
+    assert index["counts"]["completed"] == 2, index
+    every_json_parses(tmp_path)
