@@ -11,7 +11,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from mixerlab.errors import ConfigError
+from mixerlab.errors import ConfigError, DiskFullError
 from mixerlab.evaluation import register_eval_resolvers
 
 register_eval_resolvers()
@@ -23,7 +23,7 @@ def main(cfg: DictConfig) -> float | None:
 
     try:
         record = evaluate(cfg)
-    except ConfigError as error:  # a wrong config or a damaged file: its message alone, no traceback
+    except (ConfigError, DiskFullError) as error:  # a wrong config, a damaged file, a full disk: one line
         raise SystemExit(f"{type(error).__name__}: {error}") from None
     return (record.get("sets", {}).get(cfg.set_name) or {}).get("top1")
 

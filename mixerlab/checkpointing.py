@@ -121,11 +121,12 @@ RESUME_FIX = ("checkpoints are written atomically, so it was damaged after it wa
 
 
 def load_checkpoint_file(path: Path | str, map_location: Any = "cpu") -> dict[str, Any]:
-    """A run checkpoint, or a :class:`~mixerlab.errors.DamagedFileError` naming it and what to do."""
+    """A checkpoint's contents, or a :class:`~mixerlab.errors.DamagedFileError` naming it and what to do.
+    What it must hold is Lightning's to check (its keys) and :func:`checkpoint_step`'s before a resume."""
     checkpoint = load_torch_file(path, "run checkpoint", RESUME_FIX, map_location=map_location)
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "global_step" not in checkpoint:
-        raise DamagedFileError(f"run checkpoint: {path} is a torch file but not a run checkpoint (no "
-                               f"state_dict or global_step); {RESUME_FIX}")
+    if not isinstance(checkpoint, dict):
+        raise DamagedFileError(f"run checkpoint: {path} holds a {type(checkpoint).__name__}, not a "
+                               f"checkpoint; {RESUME_FIX}")
     return checkpoint
 
 

@@ -353,7 +353,12 @@ class SweepIndex:
             for path in sorted(self.dir.iterdir()):
                 overrides_file = path / ".hydra" / "overrides.yaml"
                 if path.name not in jobs and overrides_file.is_file():
-                    found[path.name] = [str(o) for o in OmegaConf.load(overrides_file)]
+                    try:
+                        found[path.name] = [str(o) for o in OmegaConf.load(overrides_file)]
+                    except Exception as error:  # noqa: BLE001 - yaml's errors share no base with OmegaConf's
+                        log.warning("%s is damaged (%s): %s is left out of the sweep index; it is Hydra's "
+                                    "record of the job's overrides, rewritten when the job runs again",
+                                    overrides_file, type(error).__name__, path.name)
         if "varied" not in index:
             seen: dict[str, set[str]] = {}
             for overrides in found.values():

@@ -139,6 +139,16 @@ def test_a_damaged_run_config_is_named(tmp_path):
             read_config_file(tmp_path / "config.yaml", "the run's config", "restore it")
 
 
+def test_a_damaged_ffcv_dataset_record_is_named(tmp_path):
+    from types import SimpleNamespace
+
+    from data.imagenet_ffcv import ImageNetFFCVDataModule
+
+    (tmp_path / "dataset.json").write_text('{"classes": ["n0144')
+    with pytest.raises(DamagedFileError, match=r"dataset\.json is not valid JSON.*write_ffcv\.py"):
+        ImageNetFFCVDataModule._check_meta(SimpleNamespace(root=tmp_path), 4, "error")
+
+
 def test_a_short_write_from_torch_or_python_reads_as_a_full_disk():
     torch_short = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1500928 vs 15008")
     for error in (torch_short, OSError(errno.ENOSPC, "No space left on device")):
