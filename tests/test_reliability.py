@@ -198,6 +198,18 @@ def test_a_full_disk_stops_cleanly_and_the_same_command_resumes_to_the_same_weig
     assert summary["weights_sha256"] == undisturbed["weights_sha256"]
 
 
+def test_a_json_record_rewritten_on_a_full_disk_stays_whole_and_the_error_names_it(small_disk):
+    from mixerlab.run import atomic_write_text
+
+    record = small_disk / "eval.json"
+    atomic_write_text(record, json.dumps({"sets": {"clean": {"top1": 50.0}}}))
+    (small_disk / "filler").write_bytes(b"\0" * 1_900_000)
+    with pytest.raises(DiskFullError, match=r"disk is full writing .*eval\.json"):
+        atomic_write_text(record, json.dumps({"sets": {"clean": {"top1": 50.0}, "big": "x" * 400_000}}))
+    assert json.loads(record.read_text()) == {"sets": {"clean": {"top1": 50.0}}}
+    assert sorted(p.name for p in small_disk.iterdir()) == ["eval.json", "filler"]  # no temporary left
+
+
 # ------------------------------------------------------------------------------------ kills
 # eval.py and report.py spend all but their last second importing, and write only at the end: besides a kill
 # at a random moment, each is killed inside a write, with half the new file in the temporary file before the
@@ -213,6 +225,7 @@ def half_then_kill(path: Path, text: str) -> None:
     calls.append(path)
     if len(calls) < call:
         return real(path, text)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, _ = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.write(fd, text[: len(text) // 2].encode())
     os.kill(os.getpid(), signal.SIGKILL)
@@ -250,19 +263,14 @@ def test_two_evals_at_once_keep_both_sets_and_one_killed_mid_write_leaves_eval_j
     every_json_parses(copy)
 
 
-def test_report_killed_mid_write_and_at_a_random_point_then_rerun_writes_whole_files(trained, tmp_path):
+def test_report_killed_inside_a_random_one_of_its_writes_then_rerun_writes_whole_files(trained, tmp_path):
     run_dir, _ = trained
     out = tmp_path / "report"
     args = [str(REPO / "scripts" / "report.py"), str(run_dir), "--out", str(out)]
-    killed_mid_write("mixerlab.run", 3, *args)  # the report's writes: plots, report.html, report.md, json
-    assert list(out.rglob(".*.tmp"))
-    every_json_parses(out)
     seed = random.randrange(1 << 30)
-    proc = subprocess.Popen([sys.executable, *args], cwd=REPO, env={**os.environ, **ENV},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(random.Random(seed).uniform(0.5, 6.0))
-    proc.kill()
-    proc.wait()
+    call = random.Random(seed).randint(1, 3)  # it writes at least report.html, report.md and report.json
+    killed_mid_write("mixerlab.run", call, *args)
+    assert list(out.rglob(".*.tmp")), f"seed {seed}"
     every_json_parses(out)
     subprocess.run([sys.executable, *args], cwd=REPO, env={**os.environ, **ENV}, check=True,
                    capture_output=True, timeout=300)
@@ -270,7 +278,7 @@ def test_report_killed_mid_write_and_at_a_random_point_then_rerun_writes_whole_f
     assert (out / "report.html").read_text().rstrip().endswith("</html>")
 
 
-def test_a_sweep_killed_mid_job_at_a_random_point_then_rerun_completes(tmp_path):
+def test_a_sweep_killed_mid_job_at_a_random_point_then_rerun_completes(trained, tmp_path):
     cmd = [sys.executable, str(REPO / "train.py"), "-m", "seed=0", *RUN, "sweep.report=false"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB")} | ENV
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -290,7 +298,9 @@ def test_a_sweep_killed_mid_job_at_a_random_point_then_rerun_completes(tmp_path)
     index = json.loads((sweep_dir / "sweep.json").read_text())
     assert index["counts"]["completed"] == 1, index
     (summary,) = sweep_dir.glob("*/summary.json")
-    assert json.loads(summary.read_text()).get("resumed_from_step", 0) >= 2
+    summary = json.loads(summary.read_text())
+    assert summary.get("resumed_from_step", 0) >= 2, f"seed {seed}"
+    assert summary["weights_sha256"] == trained[1]["weights_sha256"]  # the same job as a run never killed
     every_json_parses(tmp_path)
 
 
