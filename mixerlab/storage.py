@@ -34,7 +34,7 @@ def _describe(path: Path) -> str:
 def load_torch_file(path: str | Path, what: str, fix: str, mmap: bool = False,
                     map_location: Any = "cpu") -> Any:
     """``torch.load(path, weights_only=True)``, or a :class:`DamagedFileError` naming ``path`` as ``what``
-    (e.g. "init.checkpoint=FILE") and saying ``fix``.
+    (e.g. "init.checkpoint") and saying ``fix``.
 
     A file that loads but holds pickled objects other than tensors is not damaged: that
     ``pickle.UnpicklingError`` passes through for the caller, which knows how to advise re-saving it."""
@@ -51,6 +51,9 @@ def load_torch_file(path: str | Path, what: str, fix: str, mmap: bool = False,
         if "Unsupported global" in str(error):  # a whole pickle naming a class: not damaged, see above
             raise
         raise DamagedFileError(f"{what}: {path} {_describe(path)}; {fix}") from None
+    except PermissionError as error:  # whole, but not ours to read: "truncated" would send the user astray
+        raise DamagedFileError(f"{what}: {path} cannot be read ({error.strerror}); check its permissions") \
+            from None
     except (RuntimeError, OSError, EOFError, ValueError, zipfile.BadZipFile, KeyError, IndexError):
         raise DamagedFileError(f"{what}: {path} {_describe(path)}; {fix}") from None
 
