@@ -158,15 +158,6 @@ def test_a_short_write_from_torch_or_python_reads_as_a_full_disk():
     assert disk_full(OSError(errno.EACCES, "denied"), "p") is None
 
 
-def test_eval_prints_one_line_for_a_cut_checkpoint(trained, tmp_path):
-    run_dir, _ = trained
-    copy = tmp_path / "copy"
-    shutil.copytree(run_dir, copy)
-    cut(run_dir / "checkpoints" / "last.ckpt", copy / "checkpoints" / "last.ckpt", 5000)
-    line = one_line_error(run_script("eval.py", f"run={copy}"), "DamagedFileError")
-    assert "last.ckpt is truncated" in line
-
-
 # ------------------------------------------------------------------------------------ a full disk
 @pytest.fixture
 def small_disk(tmp_path):
@@ -237,30 +228,44 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 
 
 def killed_mid_write(module: str, call: int, *args: str) -> None:
-    proc = subprocess.run([sys.executable, "-c", KILLED_MID_WRITE, module, str(call), *args], cwd=REPO,
-                          env={**os.environ, **ENV}, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(*killed_mid_write_command(module, call, *args), capture_output=True, text=True,
+                          timeout=300)
     assert proc.returncode == -9, proc.stderr[-3000:]
 
 
-def test_two_evals_at_once_keep_both_sets_and_one_killed_mid_write_leaves_eval_json_whole(trained,
-                                                                                          tmp_path):
+def killed_mid_write_command(module: str, call: int, *args: str) -> tuple[list[str], dict]:
+    return ([sys.executable, "-c", KILLED_MID_WRITE, module, str(call), *args],
+            {"cwd": REPO, "env": {**os.environ, **ENV}})
+
+
+def test_evals_at_once_two_land_one_killed_mid_write_leaves_eval_json_whole_one_damaged_says_so(trained,
+                                                                                                tmp_path):
+    """Four eval.py processes at once (one start-up's wait on a machine with the cores): two on one run,
+    a third on the same run killed inside its write, a fourth on a copy whose checkpoint is cut to 5 kB."""
     run_dir, _ = trained
-    copy = tmp_path / "run"
+    copy, damaged = tmp_path / "run", tmp_path / "damaged"
     shutil.copytree(run_dir, copy)
+    shutil.copytree(run_dir, damaged)
+    cut(run_dir / "checkpoints" / "last.ckpt", damaged / "checkpoints" / "last.ckpt", 5000)
     args = [str(REPO / "eval.py"), f"run={copy}", "limit=64"]
-    both = [subprocess.Popen([sys.executable, *args, f"set_name={name}"], cwd=REPO, env={**os.environ, **ENV},
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            for name in ("first", "second")]
-    for proc in both:
-        out, _ = proc.communicate(timeout=300)
-        assert proc.returncode == 0, out[-3000:]
-    before = (copy / "eval.json").read_text()
-    sets = json.loads(before)["sets"]
+    cmd, kw = killed_mid_write_command("mixerlab.evaluation", 1, *args, "set_name=killed")
+    procs = {name: subprocess.Popen([sys.executable, *args, f"set_name={name}"], stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True, **kw) for name in ("first", "second")}
+    procs["killed"] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    procs["damaged"] = subprocess.Popen([sys.executable, str(REPO / "eval.py"), f"run={damaged}"],
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    done = {}
+    for name, proc in procs.items():
+        out, err = proc.communicate(timeout=300)
+        done[name] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    for name in ("first", "second"):
+        assert done[name].returncode == 0, done[name].stderr[-3000:]
+    assert done["killed"].returncode == -9, done["killed"].stderr[-3000:]
+    sets = json.loads((copy / "eval.json").read_text())["sets"]
     assert {"first", "second"} <= set(sets) and sets["first"]["top1"] == sets["second"]["top1"]
-    killed_mid_write("mixerlab.evaluation", 1, *args, "set_name=killed")
-    assert list(copy.glob(".eval.json.*.tmp"))  # the half-written file exists, beside eval.json
-    assert (copy / "eval.json").read_text() == before
+    assert "killed" not in sets and list(copy.glob(".eval.json.*.tmp"))  # its half file, never eval.json
     every_json_parses(copy)
+    assert "last.ckpt is truncated" in one_line_error(done["damaged"], "DamagedFileError")
 
 
 def test_report_killed_inside_a_random_one_of_its_writes_then_rerun_writes_whole_files(trained, tmp_path):
