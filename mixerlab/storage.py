@@ -119,6 +119,6 @@ def disk_full(error: BaseException, path: str | Path) -> DiskFullError | None:
     else:
         return None
     return DiskFullError(
-        f"{reason} writing {path}: free space there and run the same command again; it resumes from the "
-        "last checkpoint, which is intact",
+        f"{reason} writing {path}: free space there and run the same command again (what was written "
+        "before is intact; a run resumes from its last checkpoint)",
     )
