@@ -149,6 +149,23 @@ def test_a_damaged_ffcv_dataset_record_is_named(tmp_path):
         ImageNetFFCVDataModule._check_meta(SimpleNamespace(root=tmp_path), 4, "error")
 
 
+def test_a_damaged_image_check_cache_is_said_and_the_images_are_checked_again(tmp_path, caplog):
+    from PIL import Image
+
+    from data.image_tree import fingerprint, verify_images
+
+    good, bad = tmp_path / "good.png", tmp_path / "bad.png"
+    Image.new("L", (8, 8)).save(good)
+    bad.write_bytes(b"not an image")
+    paths = [str(good), str(bad)]
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / f"{fingerprint(paths)}.json").write_text('{"files": 2, "bad": [["')
+    assert [b.path for b in verify_images(paths, cache_dir=cache)] == [str(bad)]
+    assert "image check cache" in caplog.text and "checking the images again" in caplog.text
+    assert [b.path for b in verify_images(paths, cache_dir=cache)] == [str(bad)]  # the cache, rewritten
+
+
 def test_a_short_write_from_torch_or_python_reads_as_a_full_disk():
     torch_short = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1500928 vs 15008")
     for error in (torch_short, OSError(errno.ENOSPC, "No space left on device")):
