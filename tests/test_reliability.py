@@ -245,8 +245,8 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 
 
 def killed_mid_write(module: str, call: int, *args: str) -> None:
-    proc = subprocess.run(*killed_mid_write_command(module, call, *args), capture_output=True, text=True,
-                          timeout=300)
+    cmd, kwargs = killed_mid_write_command(module, call, *args)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, **kwargs)
     assert proc.returncode == -9, proc.stderr[-3000:]
 
 
