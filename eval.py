@@ -11,6 +11,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
+from mixerlab.errors import ConfigError, DiskFullError
 from mixerlab.evaluation import register_eval_resolvers
 
 register_eval_resolvers()
@@ -20,7 +21,10 @@ register_eval_resolvers()
 def main(cfg: DictConfig) -> float | None:
     from mixerlab.evaluation import evaluate
 
-    record = evaluate(cfg)
+    try:
+        record = evaluate(cfg)
+    except (ConfigError, DiskFullError) as error:  # a wrong config, a damaged file, a full disk: one line
+        raise SystemExit(f"{type(error).__name__}: {error}") from None
     return (record.get("sets", {}).get(cfg.set_name) or {}).get("top1")
 
 

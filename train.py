@@ -10,7 +10,7 @@ import hydra
 from omegaconf import DictConfig
 
 from mixerlab.config import register_resolvers
-from mixerlab.errors import ConfigError
+from mixerlab.errors import ConfigError, DiskFullError
 
 register_resolvers()
 
@@ -21,8 +21,8 @@ def main(cfg: DictConfig) -> float | None:
 
     try:
         summary = run_job(train, cfg)  # in a sweep: skip what completed, record a failure and go on
-    except ConfigError as error:  # a wrong config or dataset: its message alone, no traceback; exit code 1
-        raise SystemExit(f"{type(error).__name__}: {error}") from None
+    except (ConfigError, DiskFullError) as error:  # a wrong config, a damaged file, a full disk: its message
+        raise SystemExit(f"{type(error).__name__}: {error}") from None  # alone, no traceback; exit code 1
     return summary.get("top1")
 
 

@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from data.imagenet_folder import ImageNetFolderDataModule
+from mixerlab.run import atomic_write_text
 
 
 def wnid(index: int) -> str:
@@ -82,7 +83,7 @@ def write_fake_imagenet(
         manifest[split] = classes * per_class
     if bad_files:
         _write_bad_files(out, names, rng, manifest, min_size, max_size)
-    (out / "fixture.json").write_text(json.dumps(manifest, indent=1))
+    atomic_write_text(out / "fixture.json", json.dumps(manifest, indent=1))
     return manifest
 
 

@@ -29,6 +29,7 @@ import numpy as np
 
 from data.image_tree import BadFile, load_rgb, scan_tree, verify_images
 from mixerlab.errors import BadImageError, DatasetError
+from mixerlab.run import atomic_write_text
 
 
 class BetonSource:
@@ -166,5 +167,5 @@ def write_betons(
         if bad:
             print(f"{name}: left out {len(bad)} bad file(s), listed in {out / 'bad_files.txt'}", flush=True)
     (out / "bad_files.txt").write_text("".join(b.line() + "\n" for b in all_bad))
-    (out / "dataset.json").write_text(json.dumps(record, indent=1))
+    atomic_write_text(out / "dataset.json", json.dumps(record, indent=1))
     return record

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from mixerlab.run import atomic_write_text
+
 
 def write_image_folder(
     root: str | Path,
@@ -54,8 +56,8 @@ def write_image_folder(
         for i, (image, label) in enumerate(zip(images, labels, strict=True)):
             Image.fromarray(image, mode="L").save(partial / split / names[int(label)] / f"{i:0{width}d}.png")
         counts[split] = {name: int((labels == c).sum()) for c, name in enumerate(names)}
-    (partial / "export.json").write_text(
-        json.dumps({**(info or {}), "classes": names, "counts": counts}, indent=2)
+    atomic_write_text(
+        partial / "export.json", json.dumps({**(info or {}), "classes": names, "counts": counts}, indent=2)
     )
     if root.exists():
         shutil.rmtree(root)

@@ -35,6 +35,7 @@ from pathlib import Path
 from PIL import Image
 
 from mixerlab.errors import BadImageError, DatasetError
+from mixerlab.storage import read_derived_json
 
 # torchvision's IMG_EXTENSIONS, compared case-insensitively (ImageNet's files end in .JPEG)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -222,8 +223,9 @@ def verify_images(
     if cache_dir is not None:
         key = fingerprint(paths)
         cache = Path(cache_dir) / f"{key}.json"
-        if cache.exists():
-            return [BadFile(p, r) for p, r in json.loads(cache.read_text())["bad"]]
+        cached = read_derived_json(cache, "image check cache", "checking the images again") or {}
+        if isinstance(cached.get("bad"), list):
+            return [BadFile(p, r) for p, r in cached["bad"]]
     if num_workers > 0 and len(paths) > 64:
         with ProcessPoolExecutor(num_workers) as pool:
             verdicts = pool.map(

@@ -30,7 +30,6 @@ model cost. The compute saving progressive resizing gives CNNs does not carry ov
 
 from __future__ import annotations
 
-import json
 import logging
 import warnings
 from collections.abc import Iterator
@@ -46,6 +45,7 @@ from data.imagenet_folder import apply_bad_file_policy, check_rgb_source
 from data.sampling import EpochSampler
 from data.workers import decoder_threads
 from mixerlab.errors import ConfigError, DatasetError
+from mixerlab.storage import read_json_file
 
 log = logging.getLogger("mixerlab")
 
@@ -347,7 +347,10 @@ class ImageNetFFCVDataModule(ImageDataModule):
                 stacklevel=3,
             )
             return {}
-        meta = json.loads(meta_path.read_text())
+        meta = read_json_file(meta_path, "FFCV dataset record", "rewrite the betons and it with "
+                              f"python scripts/write_ffcv.py --src <imagenet folder> --out {self.root}")
+        if not isinstance(meta.get("classes"), list):
+            raise DatasetError(f"{meta_path} lists no classes: rewrite it with scripts/write_ffcv.py")
         if len(meta["classes"]) != num_classes:
             raise DatasetError(
                 f"data.num_classes={num_classes} but {meta_path} lists {len(meta['classes'])} "

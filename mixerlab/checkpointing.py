@@ -26,6 +26,9 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Checkpoint
 
+from mixerlab.errors import DamagedFileError
+from mixerlab.storage import disk_full, load_torch_file
+
 LAST = "last.ckpt"
 
 
@@ -51,8 +54,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+        except BaseException as error:
+            Path(tmp).unlink(missing_ok=True)  # frees the space a full disk's summary and log line need
+            full = disk_full(error, path)
+            if full is not None:  # the previous checkpoint at ``path`` is untouched: the run resumes from it
+                raise full from None
             raise
         _fsync_directory(path.parent)  # make the rename itself durable
 
@@ -61,7 +67,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     ) -> dict[str, Any]:
         if weights_only is False:
             raise ValueError("mixerlab checkpoints load with weights_only=True only")
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return load_checkpoint_file(path, map_location)
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -110,6 +116,25 @@ class RunCheckpoint(Checkpoint):
         self.save(trainer)
 
 
+RESUME_FIX = ("checkpoints are written atomically, so it was damaged after it was written: restore it from a "
+              "copy, or move it aside to start the run afresh (only the newest checkpoint is kept)")
+
+
+def load_checkpoint_file(path: Path | str, map_location: Any = "cpu") -> dict[str, Any]:
+    """A checkpoint's contents, or a :class:`~mixerlab.errors.DamagedFileError` naming it and what to do.
+    What it must hold is Lightning's to check (its keys) and :func:`checkpoint_step`'s before a resume."""
+    checkpoint = load_torch_file(path, "run checkpoint", RESUME_FIX, map_location=map_location)
+    if not isinstance(checkpoint, dict):
+        raise DamagedFileError(f"run checkpoint: {path} holds a {type(checkpoint).__name__}, not a "
+                               f"checkpoint; {RESUME_FIX}")
+    return checkpoint
+
+
 def checkpoint_step(path: Path | str) -> int:
-    """The optimizer step a checkpoint was written at (memory-mapped: the weights are not read)."""
-    return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"])
+    """The optimizer step a checkpoint was written at (memory-mapped: the weights are not read); a damaged
+    checkpoint raises a DamagedFileError naming it."""
+    checkpoint = load_torch_file(path, "run checkpoint", RESUME_FIX, mmap=True)
+    if not isinstance(checkpoint, dict) or "global_step" not in checkpoint:
+        raise DamagedFileError(f"run checkpoint: {path} is a torch file but not a run checkpoint (no "
+                               f"global_step); {RESUME_FIX}")
+    return int(checkpoint["global_step"])

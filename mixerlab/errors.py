@@ -20,3 +20,14 @@ class BadImageError(OSError):
 
 class NonFiniteError(RuntimeError):
     """A NaN or Inf loss or weight: the run stopped before it could write it into a checkpoint."""
+
+
+class DamagedFileError(ConfigError):
+    """A file the project reads is truncated, empty, of the wrong kind or for another model: the message names
+    it, says what is wrong and what to do. A :class:`ConfigError`, so the scripts print its line alone."""
+
+
+class DiskFullError(OSError):
+    """A write stopped because the file system is full: the message names the path being written. Files
+    already written stay whole (every write is atomic), so freeing space and re-running the command
+    resumes."""

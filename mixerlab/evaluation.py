@@ -51,8 +51,9 @@ from torchmetrics import Metric
 
 from data.corruptions import ALEXNET_ERROR
 from data.shifted import EvalSet
-from mixerlab.errors import ConfigError
-from mixerlab.run import atomic_write_text
+from mixerlab.errors import ConfigError, DamagedFileError
+from mixerlab.run import SUMMARY_FIX, atomic_write_text
+from mixerlab.storage import load_torch_file, read_config_file, read_derived_json, read_json_file
 from mixers.contract import fuse_for_inference
 
 UNSET = (None, "", "None", "null")
@@ -61,6 +62,8 @@ log = logging.getLogger("mixerlab")
 EVAL_FILE = "eval.json"
 MODEL_INPUT_KEYS = ("img_size", "in_chans", "num_classes", "mean", "std")
 CLEAN = "clean"  # the eval.json key of the run's own validation data
+CHECKPOINT_FIX = ("checkpoints are written atomically, so it was damaged after it was written (a copy cut "
+                  "short?): copy it again from where the run trained")
 
 
 # ---------------------------------------------------------------------------------------------- the run
@@ -82,7 +85,9 @@ def resolve_run(run: str | None) -> tuple[Path, Path]:
 
 
 def run_config(run_dir: Path) -> DictConfig:
-    return OmegaConf.load(run_dir / "config.yaml")
+    return read_config_file(run_dir / "config.yaml", "the run's config",
+                            "it is the run's record of its settings: restore it from a copy, or re-create it "
+                            "with the training command's overrides (train.py ... --cfg job)")
 
 
 def eval_data_config(run_cfg: DictConfig, data_cfg: DictConfig | None) -> DictConfig:
@@ -98,14 +103,24 @@ def load_weights(backbone: nn.Module, ckpt: Path, weights: str = "auto") -> dict
     """Load the EMA weights (``auto``: if the checkpoint has them; ``ema``) or the trained ones (``raw``)."""
     if weights not in ("auto", "ema", "raw"):
         raise ConfigError(f"weights={weights!r}: auto (EMA when the run kept one), ema or raw")
-    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
+    checkpoint = load_torch_file(ckpt, "run checkpoint", CHECKPOINT_FIX)
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise DamagedFileError(f"run checkpoint: {ckpt} is not a mixerlab run checkpoint (no state_dict); "
+                               f"{CHECKPOINT_FIX}")
     state = checkpoint["state_dict"]
     has_ema = any(k.startswith("ema.module.") for k in state)
     if weights == "ema" and not has_ema:
         raise ConfigError(f"weights=ema but {ckpt} holds no EMA weights (recipe.ema_decay was unset)")
     use = "ema" if (weights == "ema" or (weights == "auto" and has_ema)) else "raw"
     prefix = "ema.module." if use == "ema" else "backbone."
-    backbone.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+    try:
+        backbone.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+    except RuntimeError as error:  # missing, unexpected or mis-shaped keys: another model's weights
+        first = (str(error).split("\n\t", 2)[1] if "\n\t" in str(error) else str(error))
+        first = first if len(first) <= 160 else first[:160] + " ..."
+        raise DamagedFileError(
+            f"run checkpoint: {ckpt} holds weights of a different model than the run's config.yaml builds "
+            f"({first}); evaluate it with the config it was trained with") from None
     return {"weights": use, "checkpoint": str(ckpt), "step": int(checkpoint.get("global_step", 0)),
             "epoch": int(checkpoint.get("epoch", 0))}
 
@@ -218,10 +233,11 @@ def locked(run_dir: Path):
 
 
 def read_eval(run_dir: Path) -> dict:
-    try:
-        return json.loads((Path(run_dir) / EVAL_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
+    """The run's eval.json, ``{}`` if none. A damaged one is an error, not an empty record: merging into it
+    would silently drop every set it held."""
+    path = Path(run_dir) / EVAL_FILE
+    return read_json_file(path, "evaluation record", f"move it aside (mv {path} {path}.damaged) and run "
+                          "eval.py again for each set it held") or {}
 
 
 def merge_eval(run_dir: Path, key: str, entry: dict, meta: dict) -> dict:
@@ -401,6 +417,7 @@ def evaluate(cfg: DictConfig) -> dict:
         raise ConfigError("set_name is not set: eval.py names the set after the data= choice")
     target = evaluated(cfg)
     out_dir = target.out_dir
+    read_eval(out_dir)  # a damaged eval.json fails now, not after the sets are scored
     # the data is listed and checked before the model is built: a wrong folder fails at once
     data = instantiate(target.data_cfg, _convert_="all")
     fabric = make_fabric(cfg)
@@ -522,7 +539,4 @@ def _run_dir_of(run, out=None) -> str:
 
 
 def _summary(run_dir: Path) -> dict:
-    try:
-        return json.loads((run_dir / "summary.json").read_text())
-    except (OSError, ValueError):
-        return {}
+    return read_derived_json(run_dir / "summary.json", "run summary", SUMMARY_FIX) or {}

@@ -49,7 +49,8 @@ import torch
 from timm.layers import resample_abs_pos_embed
 from torch import nn
 
-from mixerlab.errors import ConfigError
+from mixerlab.errors import ConfigError, DamagedFileError
+from mixerlab.storage import load_torch_file
 
 StateDict = dict[str, torch.Tensor]
 # a block's state-dict prefix: blocks.i (the ViT) or stages.s.blocks.j (the MetaFormer)
@@ -217,6 +218,7 @@ class InitReport:
 
 # ---------------------------------------------------------------- reading a file
 RAW_KEYS = ("model", "state_dict", "module")
+WEIGHTS_FIX = "download or copy it again (compare its size or checksum with the source's)"
 EMA_KEYS = ("model_ema", "state_dict_ema", "ema")
 
 
@@ -230,9 +232,13 @@ def read_state_dict(path: str | Path, ema: bool = False) -> tuple[StateDict, dic
 
         if ema:
             raise ConfigError(f"init.ema=true but {path} is a safetensors file: it holds one set of weights")
-        return dict(load_file(str(path), device="cpu")), {}
+        try:
+            return dict(load_file(str(path), device="cpu")), {}
+        except Exception:  # noqa: BLE001 - safetensors' own error type differs across its versions
+            raise DamagedFileError(f"init.checkpoint={str(path)!r}: {path} is truncated, empty or not a "
+                                   f"safetensors file; {WEIGHTS_FIX}") from None
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = load_torch_file(path, "init.checkpoint", WEIGHTS_FIX)
     except pickle.UnpicklingError as error:
         raise ConfigError(
             f"init.checkpoint={str(path)!r} holds objects other than tensors and containers, which "

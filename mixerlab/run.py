@@ -19,22 +19,32 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from mixerlab.redact import redacted_config
+from mixerlab.storage import disk_full, read_derived_json
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+SUMMARY_FIX = ("read as missing: the same command run again resumes from the run's checkpoint and rewrites "
+               "it")
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write through a temporary file in the same directory and rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write through a temporary file in the same directory and rename: readers never see half a file, and
+    on a full disk the old file stays as it was (:class:`~mixerlab.errors.DiskFullError` names ``path``)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:
+        raise (disk_full(error, path) or error) from None
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
+        full = disk_full(error, path)
+        if full is not None:
+            raise full from None
         raise
 
 
@@ -61,9 +71,10 @@ def peak_memory_mb() -> float:
 
 
 # Errors that mean the run was stopped from outside (Ctrl-C, a requeue's SIGTERM, submitit's exit after a
-# preemption, mixerlab's own requeue): such a run resumes from its checkpoint. SignalException is how older
-# summaries recorded a signal.
-STOPPED_FROM_OUTSIDE = ("Requeued", "SIGTERMException", "SystemExit", "KeyboardInterrupt", "SignalException")
+# preemption, mixerlab's own requeue, a full disk): such a run resumes from its checkpoint. SignalException
+# is how older summaries recorded a signal.
+STOPPED_FROM_OUTSIDE = ("Requeued", "SIGTERMException", "SystemExit", "KeyboardInterrupt", "SignalException",
+                        "DiskFullError")
 
 
 def stop_status(error: str, received_sigterm: bool = False) -> str:
@@ -104,10 +115,8 @@ class RunDirectory:
         atomic_write_text(self.path / "config.yaml", OmegaConf.to_yaml(redacted_config(cfg)))
 
     def read_summary(self) -> dict | None:
-        try:
-            return json.loads(self.summary_path.read_text())
-        except (OSError, ValueError):
-            return None
+        """The run's summary; ``None`` if it has none or it is damaged (one warning line says so)."""
+        return read_derived_json(self.summary_path, "run summary", SUMMARY_FIX)
 
     def write_summary(self, summary: dict) -> None:
         atomic_write_text(self.summary_path, json.dumps(summary, indent=2, sort_keys=False) + "\n")

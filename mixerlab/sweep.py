@@ -41,7 +41,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from mixerlab.redact import redact_override
-from mixerlab.run import RunDirectory, atomic_write_text, stop_status
+from mixerlab.run import SUMMARY_FIX, RunDirectory, atomic_write_text, stop_status
+from mixerlab.storage import read_derived_json
 
 log = logging.getLogger("mixerlab.sweep")
 
@@ -237,10 +238,9 @@ def register_sweep_resolvers() -> None:
 
 # ---------------------------------------------------------------------------------------------- job status
 def read_summary(run_dir: Path) -> dict | None:
-    try:
-        return json.loads((run_dir / "summary.json").read_text())
-    except (OSError, ValueError):
-        return None
+    """A job's summary; ``None`` if it has none, or a damaged one (said in one warning line): the job then
+    counts as incomplete and re-running the sweep resumes it from its checkpoint and rewrites the summary."""
+    return read_derived_json(Path(run_dir) / "summary.json", "run summary", SUMMARY_FIX)
 
 
 def job_status(run_dir: Path) -> tuple[str, dict | None]:
@@ -298,10 +298,13 @@ class SweepIndex:
         self.path = self.dir / INDEX_NAME
 
     def load(self) -> dict:
-        try:
-            return json.loads(self.path.read_text())
-        except (OSError, ValueError):
+        """The index as written; a damaged one (said in one warning line) is rebuilt from the job directories,
+        which hold everything it records."""
+        index = read_derived_json(self.path, "sweep index",
+                                  "rebuilding it from the job directories (nothing is lost)")
+        if index is None or not isinstance(index.get("jobs", []), list):
             return {"jobs": []}
+        return index
 
     def plan(self, plan: SweepPlan) -> dict:
         """Merge a command's jobs into the index. Raises if a job directory already holds the same job
@@ -350,7 +353,12 @@ class SweepIndex:
             for path in sorted(self.dir.iterdir()):
                 overrides_file = path / ".hydra" / "overrides.yaml"
                 if path.name not in jobs and overrides_file.is_file():
-                    found[path.name] = [str(o) for o in OmegaConf.load(overrides_file)]
+                    try:
+                        found[path.name] = [str(o) for o in OmegaConf.load(overrides_file)]
+                    except Exception as error:  # noqa: BLE001 - yaml's errors share no base with OmegaConf's
+                        log.warning("%s is damaged (%s): %s is left out of the sweep index; it is Hydra's "
+                                    "record of the job's overrides, rewritten when the job runs again",
+                                    overrides_file, type(error).__name__, path.name)
         if "varied" not in index:
             seen: dict[str, set[str]] = {}
             for overrides in found.values():

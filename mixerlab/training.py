@@ -26,6 +26,7 @@ from mixerlab.pretrained import apply_init
 from mixerlab.randomness import StepSeeding
 from mixerlab.run import RunDirectory, git_commit, peak_memory_mb, stop_status
 from mixerlab.schema import validate
+from mixerlab.storage import disk_full
 
 log = logging.getLogger("mixerlab")
 
@@ -151,7 +152,8 @@ def train(cfg: DictConfig, validated: bool = False) -> dict:
             trainer.validate(recipe, datamodule=datamodule, verbose=False)
             recipe.record_final_validation()
     except BaseException as error:
-        message = f"{type(error).__name__}: {error}"
+        full = disk_full(error, getattr(error, "filename", None) or run.path)
+        message = f"{type(full or error).__name__}: {full or error}"
         summary.update(
             status=stop_status(message, bool(getattr(trainer, "received_sigterm", False))),
             error=message,
@@ -159,10 +161,17 @@ def train(cfg: DictConfig, validated: bool = False) -> dict:
             wall_s=round(time.perf_counter() - t_start, 2),
         )
         if trainer.is_global_zero:
-            run.write_summary(summary)
+            if full is not None:
+                log.error("%s", message)  # train.log: the summary below may not fit on the disk
+            try:
+                run.write_summary(summary)
+            except OSError as write_error:  # a full disk: the line above and the console still say why
+                log.error("summary.json not written: %s", write_error)
             print(f"{summary['status'].upper()} {summary['mixer']} | {summary['error']} | run: {run.path}",
                   flush=True)
         finish_loggers(loggers, failed=True)
+        if full is not None and full is not error:
+            raise full from None
         raise
 
     history = recipe.history

@@ -52,6 +52,7 @@ from hydra.utils import instantiate  # noqa: E402
 
 from mixerlab.build import CONF_DIR, compose_config  # noqa: E402
 from mixerlab.errors import ConfigError  # noqa: E402
+from mixerlab.run import atomic_write_text  # noqa: E402
 from mixers.contract import TokenLayout, fuse_for_inference  # noqa: E402
 
 FULL_GRIDS = (8, 14, 20, 28, 40, 56, 80, 112)
@@ -348,7 +349,7 @@ def headline(
         "date": datetime.date.today().isoformat(),
         "out": str(out),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     return summary
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from mixerlab.errors import ConfigError, DiskFullError  # noqa: E402
 from mixerlab.report import SweepReport  # noqa: E402
 
 
@@ -26,7 +27,10 @@ def main(argv: list[str] | None = None) -> int:
         report = SweepReport(args.sweep_dirs)
     except FileNotFoundError as error:
         parser.error(str(error))
-    html_path, md_path = report.write(args.out)
+    try:
+        html_path, md_path = report.write(args.out)
+    except (ConfigError, DiskFullError) as error:  # one line; every file it writes is atomic
+        raise SystemExit(f"{type(error).__name__}: {error}") from None
     print(report.status_line())
     for line in report.answer_lines():
         print(line)

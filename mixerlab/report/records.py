@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from mixerlab.sweep import SEED_KEY, SweepIndex, job_label, read_summary
+
+log = logging.getLogger("mixerlab.report")
 
 # top-level config keys that say where a run logs and which sweep it is in, not what it computes
 BOOKKEEPING_KEYS = ("logger", "sweep")
@@ -89,7 +92,9 @@ class RunRecord:
         path = self.config_path
         try:
             config = OmegaConf.to_container(OmegaConf.load(path)) if path else None
-        except Exception:  # noqa: BLE001 - an unreadable config only means the run is grouped by its sweep
+        except Exception as error:  # noqa: BLE001 - an unreadable config: the run is grouped by its sweep
+            log.warning("%s is damaged (%s): the run is grouped by its sweep alone", path,
+                        type(error).__name__)
             return None
         if not isinstance(config, dict):
             return None

@@ -10,19 +10,22 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import math
 import statistics
 from pathlib import Path
+
+from mixerlab.storage import read_derived_json
 
 CLEAN = "clean"
 
 
 def read_eval(run_dir: Path) -> dict:
-    try:
-        return json.loads((Path(run_dir) / "eval.json").read_text()).get("sets") or {}
-    except (OSError, ValueError):
-        return {}
+    """The run's evaluated sets; a damaged eval.json is said in one warning line and left out."""
+    record = read_derived_json(Path(run_dir) / "eval.json", "evaluation record",
+                               "its sets are left out of the report; move it aside and run eval.py again "
+                               "for each set") or {}
+    sets = record.get("sets")
+    return sets if isinstance(sets, dict) else {}
 
 
 def eval_sets_of(groups) -> list[str]:
@@ -103,9 +106,9 @@ def erf_gallery_html(groups) -> str | None:
     for group in groups:
         for run in group.runs:
             erf_dir = Path(run.run_dir) / "erf"
-            try:
-                record = json.loads((erf_dir / "erf.json").read_text())
-            except (OSError, ValueError):
+            record = read_derived_json(erf_dir / "erf.json", "ERF record", "its maps are left out of the "
+                                       "report; run eval.py erf.layers=[...] again")
+            if record is None:
                 continue
             images = []
             for layer in record.get("layers", []):
