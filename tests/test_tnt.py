@@ -1,0 +1,104 @@
+"""TNT (mixerlab/tnt.py): timm's tnt_s_patch16_224 count and logits through init.checkpoint, the pixel stream
+feeding the patch tokens but not the CLS token, any outer mixer through the contract, config errors."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+from mixerlab.build import build_backbone, compose_config
+from mixerlab.costs import count_parameters
+from mixerlab.errors import ConfigError
+from mixerlab.pretrained import apply_init
+from mixerlab.schema import validate
+from mixerlab.tnt import TNTBlock
+
+
+def tnt(*overrides: str, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return build_backbone(compose_config(["backbone=tnt", *overrides]))
+
+
+def test_timm_tnt_state_dict_gives_timms_logits_in_the_preset(tmp_path):
+    """Random-init timm TNT-S -> its state dict in a file -> experiment=tnt_s_patch16_224 with init.checkpoint
+    (qk and v fused into our attention's qkv) -> timm's logits. At 64 px (4x4 patches): cheap on a CPU."""
+    torch.manual_seed(0)
+    reference = timm.create_model("tnt_s_patch16_224", pretrained=False, img_size=64).eval()
+    torch.save(reference.state_dict(), tmp_path / "timm.pth")
+    cfg = compose_config(["experiment=tnt_s_patch16_224", "data.img_size=64",
+                          f"init.checkpoint={tmp_path / 'timm.pth'}"])
+    model = build_backbone(cfg).eval()
+    report = apply_init(cfg.init, model)
+    assert report["source"] == "timm_tnt"
+    assert not report["initialised"] and not report["ignored"] and not report["resampled"]
+    assert count_parameters(model) == count_parameters(reference)
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert (model(x) - reference(x)).abs().max().item() <= 1e-5  # SDPA vs timm's explicit softmax
+
+
+def test_the_preset_has_timms_tnt_s_parameter_count():
+    with torch.device("meta"):
+        model = build_backbone(compose_config(["experiment=tnt_s_patch16_224"]))
+    assert count_parameters(model) == 23_768_584  # timm.create_model("tnt_s_patch16_224")
+    assert model.layout.num_tokens == 197 and model.pixel_pos.shape == (1, 24, 4, 4)
+
+
+class Zero(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(x)
+
+
+def test_the_pixel_stream_feeds_the_patch_tokens_and_never_the_cls_token():
+    torch.manual_seed(0)
+    block = TNTBlock(dim=16, inner_dim=4, num_pixel=4, mixer=Zero(), inner_heads=2)
+    torch.nn.init.zeros_(block.mlp.fc2.weight)  # outer sub-blocks add nothing: what changes is the fusion
+    torch.nn.init.zeros_(block.mlp.fc2.bias)
+    pixels, patches = torch.randn(2 * 9, 4, 4), torch.randn(2, 1 + 9, 16)
+    new_pixels, out = block(pixels, patches)
+    assert torch.equal(out[:, 0], patches[:, 0])  # CLS: untouched
+    assert (out[:, 1:] - patches[:, 1:]).abs().min() > 0  # every patch took its pixels' projection
+    assert not torch.allclose(new_pixels, pixels)  # the inner sub-blocks moved the pixels
+    other = pixels.clone()
+    other[4] += 1.0  # patch 4 of sample 0 only
+    _, moved = block(other, patches)
+    changed = (moved - out).abs().amax(-1) > 0  # (B, 1 + 9)
+    assert changed.nonzero().tolist() == [[0, 5]]  # the pixels of a patch feed that patch alone
+
+
+@pytest.mark.parametrize("mixer", ["pooling", "spectral"])
+def test_a_non_attention_outer_mixer_trains_a_step(mixer):
+    model = tnt(f"mixer={mixer}")
+    assert all(type(block.mixer).__name__ != "Attention" for block in model.blocks)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(4, 1, 16, 16), torch.randint(0, 10, (4,))
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    loss = torch.nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    opt.step()
+    moved = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
+    assert {"pixel_embed.proj.weight", "blocks.0.attn_in.qk.weight", "blocks.0.proj.weight"} <= moved
+    assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("head, prefix", [("cls", 1), ("gap", 0), ("lama", 0)])
+def test_every_read_out_gives_logits(head, prefix):
+    model = tnt(f"backbone.head={head}", "mixer=pooling")
+    assert model.layout.num_prefix == prefix and model.patch_pos.shape[1] == 16 + prefix
+    assert model(torch.randn(2, 1, 16, 16)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("backbone.pixel_stride=0", "backbone.pixel_stride"),
+    ("backbone.inner_heads=3", "backbone.inner_heads"),
+    ("backbone.head=pool", "backbone.head"),
+])
+def test_bad_tnt_options_are_config_errors_naming_the_key(override, key):
+    cfg = compose_config(["backbone=tnt", override])
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        build_backbone(cfg)
+
+
+def test_the_digits_tnt_config_validates():
+    validate(compose_config(["backbone=tnt", "mixer=pooling"]))
