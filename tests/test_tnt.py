@@ -13,6 +13,8 @@ from mixerlab.errors import ConfigError
 from mixerlab.pretrained import apply_init
 from mixerlab.schema import validate
 from mixerlab.tnt import TNTBlock
+from mixers.contract import pop_aux_losses
+from tests.test_mixers import CASES
 
 
 def tnt(*overrides: str, seed: int = 0) -> torch.nn.Module:
@@ -65,6 +67,23 @@ def test_the_pixel_stream_feeds_the_patch_tokens_and_never_the_cls_token():
     _, moved = block(other, patches)
     changed = (moved - out).abs().amax(-1) > 0  # (B, 1 + 9)
     assert changed.nonzero().tolist() == [[0, 5]]  # the pixels of a patch feed that patch alone
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_every_mixer_is_the_outer_mixer_with_gradients_everywhere(case):
+    """conf/mixer/*.yaml x TNT's patch stream (a CLS token and a 4x4 grid): a new mixer is covered with no
+    test edit; one that cannot run there must say so with a ConfigError."""
+    overrides = [o for o in CASES[case] if not o.startswith("backbone.")]
+    try:
+        model = tnt(*overrides, "backbone.head=cls")
+    except ConfigError:
+        return
+    logits = model(torch.randn(2, 1, 16, 16))
+    (logits.logsumexp(-1).sum() + (pop_aux_losses(model) or 0)).backward()
+    assert logits.shape == (2, 10) and torch.isfinite(logits).all()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and
+               (p.grad is None or not torch.isfinite(p.grad).all())]
+    assert not missing, f"no finite gradient reaches {missing}"
 
 
 @pytest.mark.parametrize("mixer", ["pooling", "spectral"])
