@@ -10,7 +10,7 @@ import torch
 from mixerlab.build import build_backbone, compose_config
 from mixerlab.costs import count_parameters
 from mixerlab.errors import ConfigError
-from mixerlab.pretrained import apply_init
+from mixerlab.pretrained import apply_init, load_pretrained
 from mixerlab.schema import validate
 from mixerlab.tnt import TNTBlock
 from mixers.contract import pop_aux_losses
@@ -121,3 +121,24 @@ def test_bad_tnt_options_are_config_errors_naming_the_key(override, key):
 
 def test_the_digits_tnt_config_validates():
     validate(compose_config(["backbone=tnt", "mixer=pooling"]))
+
+
+def test_tnt_trains_on_digits_and_its_checkpoint_loads_back(train_run, tmp_path):
+    """A run with a non-attention outer mixer with weights (spectral): the recipe, EMA and checkpointing
+    take the two-stream backbone as they take the ViT; the mixerlab checkpoint loads back as it was."""
+    proc, summary = train_run("backbone=tnt", "mixer=spectral", "trainer.max_epochs=1",
+                              "+trainer.limit_train_batches=3", "+trainer.limit_val_batches=1",
+                              "recipe.ema_decay=0.9", "callbacks.checkpoint.every_n_steps=0")
+    assert summary["status"] == "completed" and summary["top1"] is not None
+    assert summary["backbone"] == "tnt"
+    checkpoint = next(tmp_path.glob("run*")) / "checkpoints" / "last.ckpt"
+    stored = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    assert summary["params"] == count_parameters(tnt("mixer=spectral"))
+    for ema in (False, True):
+        model = tnt("mixer=spectral", seed=1)
+        report = load_pretrained(model, checkpoint, ema=ema)
+        assert report.source == "mixerlab" and not report.initialised and not report.ignored
+        prefix = "ema.module." if ema else "backbone."
+        for key, value in model.state_dict().items():
+            assert torch.equal(value, stored["state_dict"][prefix + key]), key
+    assert len(set(stored["mixer_families"])) == 1 and len(stored["mixer_families"]) == 4
