@@ -458,8 +458,11 @@ def load_pretrained(model: nn.Module, path: str | Path | PretrainedFile, ema: bo
 
 
 def _absent_reason(key: str, model: nn.Module) -> str:
+    head = getattr(model, "head_type", "gap")
     if key == "cls_token":
-        return "the model has no CLS token (backbone.head=gap)"
+        return f"the model has no CLS token (backbone.head={head})"
+    if key.startswith("head."):
+        return f"the model reads out through another head (backbone.head={head}): its head is initialised"
     if key == "pos_embed":
         return "the model has no position embedding (backbone.pos_embed=none)"
     return "the model has no such tensor (its block options differ)"

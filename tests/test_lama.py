@@ -98,3 +98,21 @@ def test_bad_lama_options_are_config_errors_naming_the_key(override, key):
         validate(cfg)
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         build_backbone(cfg)
+
+
+def test_a_deit_file_loads_into_a_lama_model_with_a_new_read_out(tmp_path):
+    """Fine-tuning with the LAMA read-out: everything but the CLS token and the classifier loads."""
+    import timm
+
+    from mixerlab.pretrained import load_pretrained
+
+    torch.manual_seed(0)
+    torch.save(timm.create_model("deit_tiny_patch16_224", pretrained=False, img_size=64).state_dict(),
+               tmp_path / "deit.pth")
+    model = build_backbone(compose_config(["experiment=deit_tiny", "data.img_size=64", "backbone.head=lama"]))
+    report = load_pretrained(model, tmp_path / "deit.pth")
+    assert sorted(report.initialised) == ["head.fc.bias", "head.fc.weight", "head.pool.context",
+                                          "head.pool.proj_context.weight", "head.pool.proj_tokens.weight"]
+    assert sorted(report.ignored) == ["cls_token", "head.bias", "head.weight"]
+    assert all("backbone.head=lama" in why for why in report.ignored.values())
+    assert "prefix positions 1 -> 0" in report.resampled["pos_embed"]
