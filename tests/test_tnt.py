@@ -142,3 +142,13 @@ def test_tnt_trains_on_digits_and_its_checkpoint_loads_back(train_run, tmp_path)
         for key, value in model.state_dict().items():
             assert torch.equal(value, stored["state_dict"][prefix + key]), key
     assert len(set(stored["mixer_families"])) == 1 and len(stored["mixer_families"]) == 4
+
+
+def test_receptive_fields_read_the_patch_stream_of_a_tnt_block():
+    from mixerlab.erf import effective_receptive_fields
+
+    model = tnt("mixer=pooling", "backbone.head=cls").eval()
+    maps = effective_receptive_fields(model, torch.randn(2, 1, 16, 16), [0, -1])
+    # block 0: the centre patch (2, 2) pooled with its 3x3 neighbours; per-patch pixel convs add no halo
+    assert maps[0].shape == (16, 16) and maps[0][4:].max() > 0 and maps[0][:4].max() == 0
+    assert maps[3].min() > 0  # four 3x3 poolings cover the 4x4 grid
