@@ -152,3 +152,14 @@ def test_receptive_fields_read_the_patch_stream_of_a_tnt_block():
     # block 0: the centre patch (2, 2) pooled with its 3x3 neighbours; per-patch pixel convs add no halo
     assert maps[0].shape == (16, 16) and maps[0][4:].max() > 0 and maps[0][:4].max() == 0
     assert maps[3].min() > 0  # four 3x3 poolings cover the 4x4 grid
+
+
+def test_layer_decay_groups_the_pixel_embedding_with_the_stem_and_the_final_norm_with_the_last_block():
+    from mixerlab.recipe import layer_decay_scales
+
+    scales = layer_decay_scales(tnt("mixer=pooling", "backbone.head=cls"), 0.5)
+    stem = {scales[n] for n in ("cls_token", "patch_pos", "pixel_pos", "pixel_embed.proj.weight",
+                                "norm1_proj.weight", "proj.weight", "norm2_proj.weight")}
+    assert stem == {0.5 ** 5}
+    assert scales["blocks.0.attn_in.qk.weight"] == scales["blocks.0.proj.weight"] == 0.5 ** 4
+    assert scales["blocks.3.mlp.fc2.weight"] == scales["norm.weight"] == 0.5 and scales["head.weight"] == 1.0
