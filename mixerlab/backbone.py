@@ -3,6 +3,7 @@
     image (B, 3, H, W) -> conv patch embedding -> (B, h*w, D) [+ CLS] + position embedding
       -> L blocks, each mixing tokens with its mixer and features with an MLP
       -> LayerNorm -> CLS token or global average pool -> Linear(D, classes)
+                   or LAMA pooling (B, m, D), flattened -> Linear(m*D, classes)   (``head=lama``)
 
 The default block is DeiT's pre-norm block. Papers that depart from it (GFNet's single residual, FNet's
 post-norm, the feed-forward-only model's MLP-first order, PoolFormer's GroupNorm and LayerScale, the
@@ -38,6 +39,7 @@ from timm.models.xcit import ClassAttentionBlock, ConvPatchEmbed, PositionalEnco
 from torch import nn
 
 from mixerlab.errors import ConfigError
+from mixerlab.lama import LamaHead
 from mixers.contract import TokenLayout, check_heads
 
 MixerFactory = Callable[..., nn.Module]
@@ -241,6 +243,8 @@ def layer_plan(
     return plan
 
 
+# cls: the CLS token; gap: the mean of the tokens; lama: LAMA's attentive pooling (mixerlab/lama.py)
+HEADS = ("cls", "gap", "lama")
 # learned: one per token, CLS included (DeiT); learned_patches: patches only (ConViT); fourier: XCiT's
 # sinusoidal features of the patch coordinates (patches only); none
 POS_EMBEDS = ("learned", "learned_patches", "fourier", "none")
@@ -294,6 +298,8 @@ class VisionTransformer(nn.Module):
         patch_embed: str = "linear",
         class_attention_layers: int = 0,
         drop_path_schedule: str = "linear",
+        lama_heads: int = 4,
+        lama_context: str = "learned",
     ) -> None:
         super().__init__()
         if img_size % patch_size:
@@ -363,7 +369,10 @@ class VisionTransformer(nn.Module):
             )
         )
         self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
-        self.head = nn.Linear(embed_dim, num_classes)
+        if head == "lama":  # m attention-pooled vectors, flattened into the classifier (mixerlab/lama.py)
+            self.head = LamaHead(embed_dim, num_classes, lama_heads, lama_context)
+        else:
+            self.head = nn.Linear(embed_dim, num_classes)
         self._init_weights()
         for module in self.modules():  # a paper's own initialisation (ConViT's local init) comes last
             if module is not self and callable(getattr(module, "reset_mixer_parameters", None)):
@@ -429,6 +438,8 @@ class VisionTransformer(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = self.forward_features(images)
+        if self.head_type == "lama":
+            return self.head(x)  # (B, N, D) -> (B, m, D) -> logits
         pooled = x[:, 0] if self.head_type == "cls" else x.mean(dim=1)  # (B, D)
         return self.head(pooled)
 
@@ -436,8 +447,8 @@ class VisionTransformer(nn.Module):
 def check_token_options(
     head: str, pos_embed: str, patch_embed: str, patch_size: int, class_layers: int, drop_path_schedule: str
 ) -> None:
-    if head not in ("cls", "gap"):
-        raise ConfigError(f"backbone.head={head!r} must be 'cls' or 'gap'")
+    if head not in HEADS:
+        raise ConfigError(f"backbone.head={head!r} must be one of {list(HEADS)}")
     if pos_embed not in POS_EMBEDS:
         raise ConfigError(f"backbone.pos_embed={pos_embed!r} must be one of {list(POS_EMBEDS)}")
     if patch_embed not in ("linear", "conv"):

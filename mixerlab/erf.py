@@ -44,8 +44,11 @@ def effective_receptive_fields(
         raise ConfigError(f"erf.layers={layers}: the model has blocks 0..{depth - 1}")
     layers = [k % depth for k in layers]
     outputs: dict[int, torch.Tensor] = {}
-    hooks = [model.blocks[k].register_forward_hook(lambda _m, _i, out, k=k: outputs.__setitem__(k, out))
-             for k in layers]
+
+    def keep(k: int, out) -> None:  # a two-stream block (TNT) returns (side stream, tokens): the tokens
+        outputs[k] = out[-1] if isinstance(out, tuple) else out
+
+    hooks = [model.blocks[k].register_forward_hook(lambda _m, _i, out, k=k: keep(k, out)) for k in layers]
     try:
         with torch.enable_grad():
             x = images.detach().clone().requires_grad_(True)

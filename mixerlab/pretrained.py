@@ -24,12 +24,13 @@ Mixer families: a mixer class's ``pretrained_family`` attribute (mixers/contract
 is its own family. A source says which family each of its blocks' mixers is: every timm ViT block holds
 attention; a mixerlab checkpoint records its blocks' families (``mixer_families``, written by the recipe).
 
-Sources: ``mixerlab`` (our checkpoints), ``timm_convit`` (timm's ConViT, ``convit_*``: GPSA blocks hold
-``gating_param``, the later blocks ConViT's MHSA; the position embedding covers the patches only) and
-``timm_vit`` (timm's VisionTransformer, ``vit_*``/``deit_*``, and DeiT's files). Adding a source architecture
-is one :class:`Source` in ``SOURCES``, listed before any source whose signature its files also match (ConViT's
-MHSA blocks carry ``attn.qkv.weight``, timm_vit's signature, so ConViT comes first). A test builds the timm
-model with random init, saves its state dict and asserts identical logits in the preset.
+Sources: ``mixerlab`` (our checkpoints), ``timm_tnt`` (timm's TNT, ``tnt_*``: its outer ``attn_out`` is
+the block's mixer, ``qk`` and ``v`` fused into ``qkv``), ``timm_convit`` (timm's ConViT, ``convit_*``: GPSA
+blocks hold ``gating_param``, the later blocks ConViT's MHSA; the position embedding covers the patches
+only) and ``timm_vit`` (timm's VisionTransformer, ``vit_*``/``deit_*``, and DeiT's files). Adding a source
+architecture is one :class:`Source` in ``SOURCES``, listed before any source whose signature its files also
+match (ConViT's MHSA blocks carry ``attn.qkv.weight``, timm_vit's signature, so ConViT comes first). A test
+builds the timm model with random init, saves its state dict and asserts identical logits in the preset.
 
 A file the converter cannot map ends in a ConfigError naming the file, the key and both shapes (or, for an
 unknown architecture, a few of its keys with their shapes): a checkpoint is never half-loaded with a raw
@@ -88,6 +89,8 @@ class Source:
     accepts:      a further test of the (unrenamed) state dict, where key names alone do not tell sources
                   apart (timm's MetaFormer and ours share them; timm's conv stages hold 4-D 1x1 weights)
     squeeze_1x1:  a (out, in, 1, 1) convolution weight loads into a Linear's (out, in) weight
+    rewrite:      a last pass over the renamed state dict, for tensors that are not one-to-one (timm TNT's
+                  separate ``qk`` and ``v`` attention weights become one ``qkv``)
     """
 
     name: str
@@ -98,6 +101,7 @@ class Source:
     pos_prefix: tuple[str, ...] = ("cls_token",)
     accepts: Callable[[Mapping], bool] = lambda state: True
     squeeze_1x1: bool = False
+    rewrite: Callable[[StateDict], StateDict] = lambda state: state
 
 
 def _recorded_family(state: Mapping, meta: Mapping, i: int, prefix: str) -> str | None:
@@ -152,6 +156,16 @@ SOURCES: tuple[Source, ...] = (
         pos_prefix=("cls_token", "dist_token"),
     ),
     Source(
+        name="timm_tnt",  # timm TNT (tnt_s_patch16_224, tnt_b_patch16_224): mixerlab/tnt.py keeps its names
+        signature=r"^blocks\.\d+\.attn_out\.qk\.weight$",
+        renames=((r"^blocks\.(\d+)\.attn_out\.", r"blocks.\1.mixer."),),
+        mixer_family=lambda state, meta, i, prefix: (
+            "attention" if f"{prefix}.mixer.qkv.weight" in state else None
+        ),
+        pos_prefix=(),  # its position embedding is patch_pos, loaded as is
+        rewrite=lambda state: _fused_qkv(state, r"^blocks\.\d+\.mixer\."),
+    ),
+    Source(
         name="timm_metaformer",  # timm MetaFormer: poolformer_*, poolformerv2_*, convformer_*, caformer_*
         signature=r"^stages\.\d+\.blocks\.\d+\.mlp\.fc1\.weight$",
         renames=((r"^(stages\.\d+\.blocks\.\d+)\.token_mixer\.", r"\1.mixer."),),
@@ -161,6 +175,20 @@ SOURCES: tuple[Source, ...] = (
         squeeze_1x1=True,
     ),
 )
+
+
+def _fused_qkv(state: StateDict, prefix: str) -> StateDict:
+    """``P.qk.*`` (2C rows: q then k) and ``P.v.*`` (C rows) -> ``P.qkv.*`` = [qk; v], the row order of our
+    attention's ``qkv`` (q, k, v), for every prefix P matching ``prefix``; a lone ``qk`` or ``v`` is kept."""
+    pattern = re.compile(prefix)
+    out = dict(state)
+    for key in list(state):
+        if pattern.match(key) and key.split(".")[-2] == "qk":
+            head, tail = key.rsplit(".qk.", 1)
+            v = f"{head}.v.{tail}"
+            if v in state:
+                out[f"{head}.qkv.{tail}"] = torch.cat([out.pop(key), out.pop(v)], dim=0)
+    return out
 
 
 def _conv_mlp(state: Mapping) -> bool:
@@ -300,7 +328,7 @@ def renamed(state: Mapping[str, torch.Tensor], source: Source) -> StateDict:
         for pattern, replacement in rules:
             key = pattern.sub(replacement, key)
         out[key] = value
-    return out
+    return source.rewrite(out)
 
 
 # ---------------------------------------------------------------- position embeddings
@@ -436,8 +464,11 @@ def load_pretrained(model: nn.Module, path: str | Path | PretrainedFile, ema: bo
 
 
 def _absent_reason(key: str, model: nn.Module) -> str:
+    head = getattr(model, "head_type", "gap")
     if key == "cls_token":
-        return "the model has no CLS token (backbone.head=gap)"
+        return f"the model has no CLS token (backbone.head={head})"
+    if key.startswith("head."):
+        return f"the model reads out through another head (backbone.head={head}): its head is initialised"
     if key == "pos_embed":
         return "the model has no position embedding (backbone.pos_embed=none)"
     return "the model has no such tensor (its block options differ)"

@@ -195,7 +195,12 @@ KEY_RULES: dict[str, Rule] = {
     "backbone.mlp_ratio": Number(gt=0),
     "backbone.drop_rate": DROP_RATE,
     "backbone.drop_path_rate": DROP_RATE,
-    "backbone.head": Choice(("cls", "gap")),
+    "backbone.head": Choice("mixerlab.backbone.HEADS"),
+    "backbone.lama_heads": POSITIVE,
+    "backbone.lama_context": Choice("mixerlab.lama.CONTEXTS"),
+    "backbone.inner_dim": POSITIVE,  # TNT (mixerlab/tnt.py)
+    "backbone.inner_heads": POSITIVE,
+    "backbone.pixel_stride": POSITIVE,
     "backbone.pos_embed": Choice("mixerlab.backbone.POS_EMBEDS"),
     "backbone.schedule.*.layers": POSITIVE,
     "backbone.stages.*.depth": POSITIVE,

@@ -39,6 +39,7 @@ PRESETS = [
     "poolformerv2_s12",
     "convformer_s18",
     "caformer_s18",
+    "tnt_s_patch16_224",
 ]
 
 EXACT_PARAMS = {
@@ -60,6 +61,7 @@ EXACT_PARAMS = {
     "poolformerv2_s12": 11_891_712,
     "convformer_s18": 26_774_448,
     "caformer_s18": 26_341_656,
+    "tnt_s_patch16_224": 23_768_584,  # timm.create_model(name) (tests/test_tnt.py: identical logits)
 }
 APPROX_PARAMS = {  # reported to 3-4 significant digits: within 0.5%
     "deit_base": 86.57e6,
@@ -88,6 +90,7 @@ GMACS = {  # forward, per image; the spectral models' FFTs are counted analytica
     "poolformerv2_s12": 1.8,
     "convformer_s18": 3.9,
     "caformer_s18": 4.1,
+    "tnt_s_patch16_224": 5.2,  # the paper's Table ("FLOPs" 5.2B: multiply-adds)
 }
 
 

@@ -141,13 +141,14 @@ def timm_counterparts() -> dict[str, str]:
     return dict(OmegaConf.load(REPO / "conf" / "eval.yaml").timm_counterparts)
 
 
-def test_the_presets_with_a_timm_counterpart_are_deit_and_convit():
+def test_the_presets_with_a_timm_counterpart_are_deit_convit_and_tnt():
     """timm has no GFNet, SpectFormer, FF-only, Fibottention, ToST or axial ViT; Fibottention and the axial
     ViT hold DeiT's parameters but mix other tokens, so their logits are not a timm model's."""
     table = timm_counterparts()
     sizes = ("tiny", "small", "base")
     assert table == {**{f"deit_{s}": f"deit_{s}_patch16_224" for s in sizes},
-                     **{f"convit_{s}": f"convit_{s}" for s in sizes}}
+                     **{f"convit_{s}": f"convit_{s}" for s in sizes},
+                     "tnt_s_patch16_224": "tnt_s_patch16_224"}
     assert all((REPO / "conf" / "experiment" / f"{preset}.yaml").is_file() for preset in table)
     assert set(table.values()) <= set(timm.list_models())
     docs = (REPO / "docs" / "evaluation.md").read_text()
@@ -165,7 +166,8 @@ def test_every_timm_counterpart_loads_through_init_checkpoint_with_identical_log
                           f"init.checkpoint={tmp_path / 'timm.pth'}"])
     model = build_backbone(cfg).eval()
     report = apply_init(cfg.init, model)
-    assert report["source"] == ("timm_convit" if preset.startswith("convit") else "timm_vit")
+    assert report["source"] == next(f"timm_{family}" for family in ("convit", "tnt", "vit")
+                                    if preset.startswith(family) or family == "vit")
     assert not report["initialised"] and not report["ignored"] and not report["resampled"]
     x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
