@@ -45,6 +45,29 @@ from mixers.contract import TokenLayout, check_heads
 MixerFactory = Callable[..., nn.Module]
 
 
+
+def block_options(spec_class: type, cfg: Mapping | None, key: str, base=None):
+    """A block-options dataclass from ``cfg`` on top of ``base`` (or the class defaults): an unknown option
+    is a ConfigError naming ``key`` and the valid ones. Shared by every backbone's block spec."""
+    values = dict(vars(base)) if base is not None else {}
+    known = {f.name for f in fields(spec_class)}
+    for name, value in dict(cfg or {}).items():
+        if name not in known:
+            raise ConfigError(f"{key}.{name} is not a block option; valid options: {sorted(known)}")
+        values[name] = value
+    return spec_class(**values)
+
+
+def mixers_no_weight_decay(model: nn.Module, names: set[str]) -> set[str]:
+    """``names`` plus every submodule's own ``no_weight_decay()`` names, prefixed with its path: what a
+    backbone's ``no_weight_decay`` returns (timm's optimizer reads it)."""
+    names = set(names)
+    for module_name, module in model.named_modules():
+        extra = getattr(module, "no_weight_decay", None)
+        if module is not model and callable(extra):
+            names |= {f"{module_name}.{n}" for n in extra()}
+    return names
+
 @dataclass(frozen=True)
 class BlockSpec:
     """How one block wires its mixer and its feature MLP.
@@ -83,13 +106,7 @@ class BlockSpec:
 
     @classmethod
     def from_config(cls, cfg: Mapping | None, key: str, base: BlockSpec | None = None) -> BlockSpec:
-        values = dict(vars(base)) if base is not None else {}
-        known = {f.name for f in fields(cls)}
-        for name, value in dict(cfg or {}).items():
-            if name not in known:
-                raise ConfigError(f"{key}.{name} is not a block option; valid options: {sorted(known)}")
-            values[name] = value
-        spec = cls(**values)
+        spec = block_options(cls, cfg, key, base)
         for name, allowed in zip(("style", "order", "norm", "mlp_type"),
                                  (cls.STYLES, cls.ORDERS, cls.NORMS, cls.MLP_TYPES), strict=True):
             if getattr(spec, name) not in allowed:
@@ -391,12 +408,7 @@ class VisionTransformer(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names kept out of weight decay besides the 1-D ones (timm's optimizer reads this)."""
-        names = {"pos_embed", "cls_token"}
-        for module_name, module in self.named_modules():
-            extra = getattr(module, "no_weight_decay", None)
-            if module is not self and callable(extra):
-                names |= {f"{module_name}.{n}" for n in extra()}
-        return names
+        return mixers_no_weight_decay(self, {"pos_embed", "cls_token"})
 
     def group_matcher(self, coarse: bool = False) -> dict:
         """Parameter groups by depth, as timm's ViT defines them (timm's layer-wise LR decay reads this):

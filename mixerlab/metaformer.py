@@ -35,14 +35,14 @@ consecutive stages have the same width, which no timm MetaFormer model has).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from timm.layers import DropPath, Mlp, trunc_normal_
 from timm.models.metaformer import MlpHead, Scale, StarReLU
 from torch import nn
 
-from mixerlab.backbone import MixerFactory, TokenGroupNorm
+from mixerlab.backbone import MixerFactory, TokenGroupNorm, block_options, mixers_no_weight_decay
 from mixerlab.errors import ConfigError
 from mixers.contract import TokenLayout
 
@@ -78,13 +78,7 @@ class StageBlock:
 
     @classmethod
     def from_config(cls, cfg: Mapping | None, key: str, base: StageBlock | None = None) -> StageBlock:
-        values = dict(vars(base)) if base is not None else {}
-        known = {f.name for f in fields(cls)}
-        for name, value in dict(cfg or {}).items():
-            if name not in known:
-                raise ConfigError(f"{key}.{name} is not a block option; valid options: {sorted(known)}")
-            values[name] = value
-        spec = cls(**values)
+        spec = block_options(cls, cfg, key, base)
         if spec.norm not in cls.NORMS:
             raise ConfigError(f"{key}.norm={spec.norm!r} is not one of {list(cls.NORMS)}")
         if spec.mlp_act not in MLP_ACTS:
@@ -312,12 +306,7 @@ class MetaFormer(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         """Mixers' own names kept out of weight decay (every 1-D parameter already is: norms, scales)."""
-        names: set[str] = set()
-        for module_name, module in self.named_modules():
-            extra = getattr(module, "no_weight_decay", None)
-            if module is not self and callable(extra):
-                names |= {f"{module_name}.{n}" for n in extra()}
-        return names
+        return mixers_no_weight_decay(self, set())
 
     def group_matcher(self, coarse: bool = False) -> dict:
         """Parameter groups by depth for layer-wise LR decay, as timm's hierarchical models (ConvNeXt) define

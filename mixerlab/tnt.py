@@ -31,7 +31,7 @@ from timm.models.tnt import Attention as InnerAttention
 from timm.models.tnt import PixelEmbed
 from torch import nn
 
-from mixerlab.backbone import HEADS, MixerFactory
+from mixerlab.backbone import HEADS, MixerFactory, mixers_no_weight_decay
 from mixerlab.errors import ConfigError
 from mixerlab.lama import LamaHead
 from mixers.contract import TokenLayout, check_heads
@@ -166,12 +166,7 @@ class TNT(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         """Kept out of weight decay besides the 1-D parameters: tokens, positions, mixers' own names."""
-        names = {"cls_token", "patch_pos", "pixel_pos"}
-        for module_name, module in self.named_modules():
-            extra = getattr(module, "no_weight_decay", None)
-            if module is not self and callable(extra):
-                names |= {f"{module_name}.{n}" for n in extra()}
-        return names
+        return mixers_no_weight_decay(self, {"cls_token", "patch_pos", "pixel_pos"})
 
     def group_matcher(self, coarse: bool = False) -> dict:
         """Parameter groups by depth for layer-wise LR decay: the embeddings, one group per block, the final
