@@ -386,10 +386,7 @@ class VisionTransformer(nn.Module):
             )
         )
         self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
-        if head == "lama":  # m attention-pooled vectors, flattened into the classifier (mixerlab/lama.py)
-            self.head = LamaHead(embed_dim, num_classes, lama_heads, lama_context)
-        else:
-            self.head = nn.Linear(embed_dim, num_classes)
+        self.head = classifier_head(head, embed_dim, num_classes, lama_heads, lama_context)
         self._init_weights()
         for module in self.modules():  # a paper's own initialisation (ConViT's local init) comes last
             if module is not self and callable(getattr(module, "reset_mixer_parameters", None)):
@@ -449,11 +446,22 @@ class VisionTransformer(nn.Module):
         return self.norm(x)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.forward_features(images)
-        if self.head_type == "lama":
-            return self.head(x)  # (B, N, D) -> (B, m, D) -> logits
-        pooled = x[:, 0] if self.head_type == "cls" else x.mean(dim=1)  # (B, D)
-        return self.head(pooled)
+        return read_out(self.head_type, self.head, self.forward_features(images))
+
+
+def classifier_head(head: str, dim: int, num_classes: int, lama_heads: int, lama_context: str) -> nn.Module:
+    """The classifier of an isotropic backbone (ViT, TNT): a Linear on the pooled token for ``cls`` and
+    ``gap``; for ``lama``, m attention-pooled vectors flattened into a Linear (mixerlab/lama.py)."""
+    if head == "lama":
+        return LamaHead(dim, num_classes, lama_heads, lama_context)
+    return nn.Linear(dim, num_classes)
+
+
+def read_out(head_type: str, head: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """Logits from the final tokens (B, N, D): the CLS token, their mean (GAP) or LAMA's pooling of them."""
+    if head_type == "lama":
+        return head(tokens)  # (B, N, D) -> (B, m, D) -> logits
+    return head(tokens[:, 0] if head_type == "cls" else tokens.mean(dim=1))  # (B, D) -> logits
 
 
 def check_token_options(

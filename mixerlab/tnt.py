@@ -31,9 +31,8 @@ from timm.models.tnt import Attention as InnerAttention
 from timm.models.tnt import PixelEmbed
 from torch import nn
 
-from mixerlab.backbone import HEADS, MixerFactory, mixers_no_weight_decay
+from mixerlab.backbone import HEADS, MixerFactory, classifier_head, mixers_no_weight_decay, read_out
 from mixerlab.errors import ConfigError
-from mixerlab.lama import LamaHead
 from mixers.contract import TokenLayout, check_heads
 
 
@@ -145,10 +144,7 @@ class TNT(nn.Module):
             for i in range(depth)
         )
         self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
-        if head == "lama":
-            self.head = LamaHead(embed_dim, num_classes, lama_heads, lama_context)
-        else:
-            self.head = nn.Linear(embed_dim, num_classes)
+        self.head = classifier_head(head, embed_dim, num_classes, lama_heads, lama_context)
         self._init_weights()
         for module in self.modules():  # a paper's own initialisation comes last, as in the ViT
             if module is not self and callable(getattr(module, "reset_mixer_parameters", None)):
@@ -192,7 +188,4 @@ class TNT(nn.Module):
         return self.norm(patches)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.forward_features(images)
-        if self.head_type == "lama":
-            return self.head(x)
-        return self.head(x[:, 0] if self.head_type == "cls" else x.mean(dim=1))
+        return read_out(self.head_type, self.head, self.forward_features(images))
