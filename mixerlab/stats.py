@@ -116,21 +116,18 @@ def compare(a: Sequence[float], b: Sequence[float], confidence: float = CONFIDEN
     under-covers below about 8 seeds a side, as every bootstrap does, and is [0, 1] with one seed."""
     x, y = _array(a), _array(b)
     diff = float(x.mean() - y.mean())
-    if x.size < 2 or y.size < 2:
+    poi = float(_prob_improvement(x, y))
+    if x.size < 2 or y.size < 2:  # no spread to estimate on one side
         p_value, interval = 1.0, Interval(-math.inf, math.inf, UNBOUNDED)
-    elif x.std() == 0.0 and y.std() == 0.0:
+        prob_interval = Interval(0.0, 1.0, UNBOUNDED)
+    elif x.std() == 0.0 and y.std() == 0.0:  # every seed alike on both sides
         p_value = 0.0 if diff != 0.0 else 1.0
-        interval = Interval(diff, diff, "welch")
+        interval, prob_interval = Interval(diff, diff, "welch"), Interval(poi, poi, "exact")
     else:
         result = sps.ttest_ind(x, y, equal_var=False)
         ci = result.confidence_interval(confidence)
         p_value = float(result.pvalue)
         interval = Interval(float(ci.low), float(ci.high), "welch")
-    poi = float(_prob_improvement(x, y))
-    if x.size < 2 or y.size < 2 or (x.std() == 0.0 and y.std() == 0.0):
-        prob_interval = Interval(poi, poi, "exact") if x.std() == y.std() == 0.0 and min(x.size, y.size) > 1 \
-            else Interval(0.0, 1.0, UNBOUNDED)
-    else:
         boot = sps.bootstrap((x, y), _prob_improvement, n_resamples=n_resamples, confidence_level=confidence,
                              method="percentile", vectorized=True, paired=False,
                              random_state=np.random.default_rng(seed))
