@@ -36,6 +36,7 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from mixerlab.config import flatten
 from mixerlab.redact import redacted_config
 from mixerlab.run import atomic_write_text
 
@@ -76,16 +77,7 @@ def _flat_params(params: Any, run_params: dict[str, Any]) -> dict[str, str | int
     dashboard cannot hold (None, lists) as text."""
     if isinstance(params, DictConfig):
         params = OmegaConf.to_container(params, resolve=True)
-    flat: dict[str, Any] = {}
-
-    def walk(node: Any, prefix: str) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                walk(value, f"{prefix}{key}.")
-        else:
-            flat[prefix[:-1]] = node
-
-    walk(dict(params or {}), "")
+    flat = flatten(dict(params or {}))
     out = {**run_params, **{k: v for k, v in flat.items() if k not in run_params}}
     return {k: v if isinstance(v, bool | int | float | str) else str(v) for k, v in out.items()}
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from mixerlab.config import flatten
 from mixerlab.sweep import SEED_KEY, SweepIndex, job_label, read_summary
 
 log = logging.getLogger("mixerlab.report")
@@ -35,17 +36,6 @@ class Task:
     key: tuple
     label: str
     chance: float | None
-
-
-def flatten(node, prefix: str = "") -> dict[str, object]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists stay leaves (compared whole)."""
-    if not isinstance(node, dict):
-        return {prefix: node}
-    out: dict[str, object] = {}
-    for key, value in node.items():
-        name = f"{prefix}.{key}" if prefix else str(key)
-        out.update(flatten(value, name) if isinstance(value, dict) and value else {name: value})
-    return out
 
 
 @dataclass

@@ -19,8 +19,9 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from mixerlab import stats
+from mixerlab.config import flatten
 from mixerlab.report.formatting import fmt_interval
-from mixerlab.report.records import ConfigGroup, Task, flatten
+from mixerlab.report.records import ConfigGroup, Task
 from mixerlab.sweep import SEED_KEY
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
