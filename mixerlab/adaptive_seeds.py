@@ -14,6 +14,12 @@ positive rate (shared/docs/STATISTICS.md, "Adaptive seeds": about 14% for 5 look
 - within a look, Holm-Bonferroni over its adjacent pairs keeps the look's family-wise error at ``alpha / K``;
 - a configuration keeps every seed it has: each look tests all of them, never a chosen subset.
 
+Welch's test assumes roughly normal seeds; a configuration whose seeds split between not learning the task
+and learning it (bimodal: 10.4 / 69.8) breaks that. With a threshold (``learned_above``: by default the
+report's, chance + 10% of the way to 100% from the task's class count), every look marks such a
+configuration seed-unstable, says so beside each verdict it takes part in and in the reason the sweep
+stopped: its mean describes no run, and the report compares its learn rate instead.
+
 The price is power: the last looks test at a stricter level than a single fixed-n test would. It is simple to
 state and holds for any test, which is why it was chosen over group-sequential boundaries, which assume normal
 seeds (bimodal cells are common here).
@@ -29,10 +35,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from mixerlab.stats import compare, holm, summarize
+from mixerlab.stats import compare, holm, seed_unstable, summarize
 
 MODES = ("max", "min")
 RECORD_NAME = "until_separated.json"
+LEARNED_MARGIN = 0.10  # learned = above chance + 10% of the way to 100% (the report's rule without a control)
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,7 @@ class SeedRule:
     metric: str = "top1"
     mode: str = "max"
     seed_key: str = "seed"
+    learned_above: Any = "auto"
 
     def __post_init__(self) -> None:
         def positive_int(key: str, minimum: int) -> None:
@@ -69,6 +77,11 @@ class SeedRule:
             raise ValueError(f"hydra.sweeper.mode={self.mode!r}: one of {list(MODES)}")
         if not isinstance(self.metric, str) or not self.metric:
             raise ValueError(f"hydra.sweeper.metric={self.metric!r}: a key of the jobs' summary.json")
+        auto_or_off = self.learned_above is None or self.learned_above == "auto"
+        if not auto_or_off and (isinstance(self.learned_above, bool)
+                                or not isinstance(self.learned_above, (int, float))):
+            raise ValueError(f"hydra.sweeper.learned_above={self.learned_above!r}: auto, null (no check) or "
+                             f"the {self.metric} a seed must exceed to count as having learned the task")
         if not isinstance(self.seed_key, str) or not self.seed_key:
             raise ValueError(f"hydra.sweeper.seed_key={self.seed_key!r}: the config key that holds the seed")
 
@@ -76,6 +89,20 @@ class SeedRule:
     def from_settings(cls, settings: Mapping[str, Any]) -> SeedRule:
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in settings.items() if k in known})
+
+    def learned_threshold(self, num_classes: Any) -> float | None:
+        """The value a seed must exceed to count as having learned: ``learned_above`` if a number; for
+        ``auto``, chance + 10% of (100 - chance) when the metric is top-1 (%, higher better) and the task's
+        class count is known, else no check."""
+        if self.learned_above is None:
+            return None
+        if self.learned_above != "auto":
+            return float(self.learned_above)
+        known = isinstance(num_classes, int) and not isinstance(num_classes, bool) and num_classes > 1
+        if not (self.metric == "top1" and self.mode == "max" and known):
+            return None
+        chance = 100.0 / num_classes
+        return chance + LEARNED_MARGIN * (100.0 - chance)
 
     @property
     def max_looks(self) -> int:
@@ -114,6 +141,8 @@ class Look:
     pairs: list[dict] = field(default_factory=list)
     no_result: list[str] = field(default_factory=list)
     next_seeds: dict[str, list[int]] = field(default_factory=dict)
+    learned_above: float | None = None
+    unstable: dict[str, str] = field(default_factory=dict)
     stop: str | None = None
     reason: str = ""
 
@@ -122,20 +151,25 @@ class Look:
 
 
 def judge(number: int, tried: Mapping[str, Sequence[int]], values: Mapping[str, Sequence[float]],
-          rule: SeedRule) -> Look:
+          rule: SeedRule, learned_above: float | None = None) -> Look:
     """Rank, test adjacent pairs, and decide the next seeds (or the stop) after look ``number`` (from 1).
 
     ``tried``: the seeds launched per configuration (failed ones too); ``values``: the metric of those that
     finished. A configuration with no value yet is left out of the ranking and gets no more seeds: its jobs
-    failed, and their errors are in sweep.json."""
+    failed, and their errors are in sweep.json. ``learned_above``: a configuration with seeds on both sides
+    of it is marked seed-unstable (its pairs' verdicts and the stop reason say so)."""
     look = Look(number=number, alpha=rule.alpha_per_look,
-                alpha_spent=min(rule.alpha, number * rule.alpha_per_look))
+                alpha_spent=min(rule.alpha, number * rule.alpha_per_look), learned_above=learned_above)
     for label in tried:
         vals = [float(v) for v in values.get(label, [])]
         entry: dict[str, Any] = {"seeds": list(tried[label]), "values": vals, "n": len(vals)}
         if vals:
             cell = summarize(vals)
             entry.update(mean=cell.mean, std=cell.std, interval=[cell.interval.low, cell.interval.high])
+            if learned_above is not None:
+                entry["learned"] = sum(v > learned_above for v in vals)
+                if seed_unstable(vals, learned_above):
+                    look.unstable[label] = f"learned on {entry['learned']} of {len(vals)} seeds"
         else:
             look.no_result.append(label)
         look.configs[label] = entry
@@ -146,11 +180,15 @@ def judge(number: int, tried: Mapping[str, Sequence[int]], values: Mapping[str, 
     comparisons = [compare(values[a], values[b]) for a, b in neighbours]
     separated = holm([c.p_value for c in comparisons], rule.alpha_per_look) if comparisons else []
     for (a, b), c, sep in zip(neighbours, comparisons, separated, strict=True):
+        verdict = f"{a} ahead" if sep else f"not separated at n = {c.n_a}, {c.n_b}"
+        unstable = [label for label in (a, b) if label in look.unstable]
+        if unstable:
+            verdict += " (seed-unstable: " + "; ".join(f"{u} {look.unstable[u]}" for u in unstable) + ")"
         look.pairs.append({
             "better": a, "worse": b, "n": [c.n_a, c.n_b], "diff": c.diff,
             "interval": [c.interval.low, c.interval.high], "p_value": c.p_value,
             "prob_improvement": c.prob_improvement, "seeds_needed": c.seeds_needed,
-            "verdict": f"{a} ahead" if sep else f"not separated at n = {c.n_a}, {c.n_b}", "separated": sep})
+            "verdict": verdict, "separated": sep, "unstable": unstable})
     open_configs = list(dict.fromkeys(
         label for pair in look.pairs if not pair["separated"] for label in (pair["better"], pair["worse"])))
     for label in open_configs:
@@ -169,6 +207,11 @@ def judge(number: int, tried: Mapping[str, Sequence[int]], values: Mapping[str, 
         still = ", ".join(f"{p['better']} vs {p['worse']}" for p in look.pairs if not p["separated"])
         look.reason = (f"open pair(s) {still}: their configurations reached max_seeds={rule.max_seeds}; "
                        "not separated at this cap")
+    if look.stop and look.unstable:
+        look.reason += ("; seed-unstable (seeds on both sides of " + f"{learned_above:g}" + "): "
+                        + "; ".join(f"{label} {text}" for label, text in look.unstable.items())
+                        + ": a mean of such a configuration describes no run, so its verdicts rest on an "
+                        "assumption its seeds break; compare how often it learns (the report's learn rates)")
     return look
 
 

@@ -4,6 +4,7 @@
     python scripts/bench_train.py --real-data --lightning-only                # the default digits run
     python scripts/bench_train.py --smoke --compare-timm                      # tiny sizes (CI)
     python scripts/bench_train.py --full-run experiment=proxy_odd_one_out mixer=spectral   # run vs step
+    python scripts/bench_train.py --compare-precision bf16-mixed experiment=proxy_odd_one_out mixer=attention
 
 Measured in one process, warm-up steps excluded, medians over rounds:
   ours       a plain training step (forward, loss, backward, optimizer step, zero_grad) of the configured
@@ -22,6 +23,9 @@ Measured in one process, warm-up steps excluded, medians over rounds:
              bar, checkpoints and loggers. Its figure is the run's own ``train_images_per_s`` (summary.json:
              training images / the epoch's training seconds, data, hooks and checkpoints included,
              validation not); rounds alternate, the ratio is the median of per-round ratios.
+  precision  (--compare-precision P) the bare step in the configured precision against the same model (same
+             initial weights, same batch) in precision P, alternating (ABBA); the ratio is P's images/s over
+             the configured one's, the median of per-round ratios. Decides a mixer's precision by measurement.
   flops      fwd+bwd FLOPs per step (torch.utils.flop_counter) -> achieved TFLOP/s; on a GPU, MFU against
              the device's dense bf16 peak (conf/hardware/accelerators.yaml or --peak-tflops).
 
@@ -590,6 +594,49 @@ def full_run_vs_step(cfg: DictConfig, args, device: torch.device, report: dict) 
     )
 
 
+def precision_vs_configured(cfg: DictConfig, args, device: torch.device, report: dict) -> None:
+    """The bare step in the configured precision against the same model in ``args.compare_precision``.
+
+    Two copies of one initialisation, each with its own optimizer, on the same synthetic batch, alternating
+    ABBA. Only speed is compared: a lower precision changes the results, so it stays opt-in.
+    """
+    import copy
+
+    d = cfg.data
+    torch.manual_seed(cfg.seed)
+    images = torch.randn(d.batch_size, d.in_chans, d.img_size, d.img_size, device=device)
+    targets = torch.randint(0, d.num_classes, (d.batch_size,), device=device)
+    backbone = build_backbone(cfg).to(device)
+    recipe = build_recipe(cfg, backbone)
+    applied = apply_fast_path(cfg.get("fastpath"), backbone, num_workers=0)
+    impl = cfg.recipe.get("opt_impl", "auto")
+    configured, other = str(cfg.trainer.precision), str(args.compare_precision)
+    loops = []
+    for name, precision in ((configured, configured), (other, other)):
+        model = backbone if not loops else copy.deepcopy(backbone)
+        optimizer = make_optimizer(model, cfg.recipe, float(cfg.recipe.lr), impl, device)
+        loops.append(StepLoop(name, model, optimizer, images, targets, recipe.train_loss_fn, precision))
+        loops[-1].warm_up(args.warmup)
+    alternate(loops, args.rounds, args.steps)
+    per_round = ratios(loops[1].images_per_s, loops[0].images_per_s)
+    report.update(fast_path=applied, params=count_parameters(backbone))
+    report["precision_compare"] = {
+        "configured": configured,
+        "other": other,
+        "configured_images_per_s": median(loops[0].images_per_s, 1),
+        "other_images_per_s": median(loops[1].images_per_s, 1),
+        "ratio": median(per_round),
+        "ratio_rounds": [round(x, 3) for x in per_round],
+    }
+    pr = report["precision_compare"]
+    print(
+        f"{mixer_name(cfg)} | {configured} {pr['configured_images_per_s']} img/s | {other} "
+        f"{pr['other_images_per_s']} img/s | {other} / {configured} {pr['ratio']} (per round "
+        f"{pr['ratio_rounds']}; {args.rounds} rounds x {args.steps} steps)",
+        flush=True,
+    )
+
+
 # ------------------------------------------------------------------------------------------ main
 def machine() -> dict:
     cpu = platform.processor()
@@ -651,6 +698,12 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         action="store_true",
         help="the bare step vs train.py's whole path for the same config (proxy presets), alternating",
     )
+    parser.add_argument(
+        "--compare-precision",
+        metavar="PRECISION",
+        default=None,
+        help="the bare step in the configured precision vs this one (e.g. bf16-mixed), alternating",
+    )
     parser.add_argument("--peak-tflops", type=float, default=None, help="the device's dense bf16 peak (MFU)")
     parser.add_argument(
         "--smoke", action="store_true", help="tiny model and sizes: checks the machinery (CI)"
@@ -700,9 +753,11 @@ def main(argv: list[str]) -> dict:
     )
     if args.full_run:
         full_run_vs_step(cfg, args, device, report)
+    elif args.compare_precision:
+        precision_vs_configured(cfg, args, device, report)
     elif not args.lightning_only:
         model_vs_timm(cfg, args, device, report)
-    if not args.no_lightning and not args.full_run:
+    if not args.no_lightning and not args.full_run and not args.compare_precision:
         lightning_vs_plain(cfg, args, device, report)
     report["machine"]["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(report), flush=True)

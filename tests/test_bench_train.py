@@ -61,3 +61,16 @@ def test_full_run_smoke_prints_the_bare_step_and_the_full_run_side_by_side(tmp_p
     assert full["bare_images_per_s"] > 0 and full["full_images_per_s"] > 0 and full["ratio"] > 0
     assert len(full["ratio_rounds"]) == len(full["full_images_per_s_rounds"]) == 2
     assert full["same_weights_every_round"]  # each round a fresh run of the same seed
+
+
+def test_precision_smoke_times_the_same_model_in_two_precisions_side_by_side(tmp_path):
+    cmd = [sys.executable, str(REPO / "scripts" / "bench_train.py"), "--smoke", "--compare-precision",
+           "bf16-mixed"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "TMPDIR": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "bf16-mixed / 32-true" in proc.stdout
+    compared = json.loads(proc.stdout.strip().splitlines()[-1])["precision_compare"]
+    assert compared["configured"] == "32-true" and compared["other"] == "bf16-mixed"
+    assert compared["configured_images_per_s"] > 0 and compared["other_images_per_s"] > 0
+    assert len(compared["ratio_rounds"]) == 2 and compared["ratio"] > 0

@@ -82,13 +82,15 @@ def test_seeds_of_one_configuration_are_aggregated_as_mean_and_std(written):
 
 def test_answer_crowns_no_winner_the_seeds_do_not_back_and_names_the_cheaper_one_close_to_it(written):
     _, report, page, _ = written
-    top, cheaper = report.answer_lines()[:2]
+    top, adaptive, cheaper = report.answer_lines()[:3]
     # attention 91/93/95 against pooling's one seed 92.5: no interval on pooling, so no verdict
     assert top.startswith("No verdict: top two (mixer=attention 93.00, mixer=pooling 92.50) not separated at "
                           "n=3 vs 1 seeds")
     assert "ahead" not in top and "Best" not in top
     command = top.split("run more seeds: ", 1)[1]
     assert command.startswith("python train.py -m mixer=attention,pooling seed=3,")  # seeds 0-2 are taken
+    assert adaptive.endswith("python train.py -m mixer=attention,pooling hydra/sweeper=until_separated "
+                             "hydra/launcher=local_parallel")
     assert cheaper.startswith("Fewest FLOPs among those not separated from mixer=attention — mixer=pooling")
     assert "186K params, 4M FLOPs/img" in cheaper
 
@@ -316,5 +318,8 @@ def test_a_one_seed_sweep_gets_no_verdict_and_the_command_for_more_seeds(tmp_pat
     assert "ahead" not in top and "Best" not in top
     assert top.endswith("run more seeds: python train.py -m experiment=proxy_odd_one_out "
                         "mixer=spectral,pooling seed=1,2,3,4")
+    assert report.answer_lines()[1].endswith("python train.py -m experiment=proxy_odd_one_out "
+                                             "mixer=spectral,pooling,attention hydra/sweeper=until_separated "
+                                             "hydra/launcher=local_parallel")
     html_path, _ = report.write()
     assert "mixer=spectral ahead" not in html_path.read_text()

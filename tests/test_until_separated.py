@@ -108,6 +108,52 @@ def test_repeated_looks_at_identical_configurations_keep_false_separations_near_
     assert separated <= 6, f"{separated} of {sweeps} sweeps of identical configurations called separated"
 
 
+class TableLauncher:
+    """Each job returns ``table[mixer][seed]``."""
+
+    def __init__(self, table: dict[str, list[float]]) -> None:
+        self.table = table
+
+    def launch(self, batch, initial_job_idx):
+        returns = []
+        for overrides in batch:
+            choice = dict(o.split("=", 1) for o in overrides)
+            value = self.table[choice["mixer"]][int(choice["seed"])]
+            returns.append(JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED,
+                                     _return_value=value))
+        return returns
+
+
+@pytest.mark.parametrize("learned_above", ["auto", 30.0, None])
+def test_a_configuration_whose_seeds_split_around_learning_is_named_seed_unstable(tmp_path, learned_above):
+    """Seeds of `a` alternate between chance and far above it (10 classes: auto = 10 + 10% of 90 = 19)."""
+    table = {"a": [10.0 + (70.0 if s % 2 else 0.0) + 0.1 * s for s in range(10)],
+             "b": [50.0 + 0.3 * s for s in range(10)]}
+    settings = {"initial_seeds": 3, "seed_step": 1, "max_seeds": 4, "learned_above": learned_above}
+    config = OmegaConf.create({
+        "seed": 0, "data": {"num_classes": 10}, "sweep": {"name": None},
+        "hydra": {"sweep": {"dir": str(tmp_path / "sweep")}, "sweeper": {"params": None, **settings},
+                  "overrides": {"task": ["mixer=a,b"]}}})
+    sweeper = UntilSeparatedSweeper(**settings)
+    sweeper.config, sweeper.hydra_context = config, SimpleNamespace(config_loader=None)
+    sweeper.launcher = TableLauncher(table)
+    sweeper.validate_batch_is_legal = lambda batch: None
+    sweeper.sweep(["mixer=a,b"])
+    record = json.loads((tmp_path / "sweep" / RECORD_NAME).read_text())
+    first, last = record["looks"][0], record["looks"][-1]
+    if learned_above is None:
+        assert first["learned_above"] is None and first["unstable"] == {}
+        assert "seed-unstable" not in record["reason"]
+        return
+    assert first["learned_above"] == pytest.approx(19.0 if learned_above == "auto" else 30.0)
+    assert first["unstable"] == {"mixer=a": "learned on 1 of 3 seeds"}  # 10.0, 80.1, 10.2
+    assert first["configs"]["mixer=b"]["learned"] == 3 and "mixer=b" not in first["unstable"]
+    assert last["unstable"] == {"mixer=a": "learned on 2 of 4 seeds"}
+    assert record["stopped"] == "cap"
+    assert "(seed-unstable: mixer=a learned on 2 of 4 seeds)" in record["verdicts"][0]
+    assert "seed-unstable" in record["reason"] and "learn rates" in record["reason"]
+
+
 def test_bad_settings_name_the_key():
     with pytest.raises(ValueError, match=r"hydra.sweeper.max_seeds=2 is below hydra.sweeper.initial_seeds=3"):
         SeedRule(initial_seeds=3, max_seeds=2)
@@ -117,6 +163,8 @@ def test_bad_settings_name_the_key():
         SeedRule(mode="best")
     with pytest.raises(ValueError, match="hydra.sweeper.alpha"):
         SeedRule(alpha=5)
+    with pytest.raises(ValueError, match="hydra.sweeper.learned_above='half'"):
+        SeedRule(learned_above="half")
 
 
 @pytest.mark.parametrize(("overrides", "message"), [

@@ -89,6 +89,8 @@ class UntilSeparatedSweeper(Sweeper):
         values: dict[str, list[float]] = {label: [] for label in labels}
         pending = {label: rule.initial() for label in labels}
         looks, returns, job_idx = [], [], 0
+        classes = OmegaConf.select(self.config, "data.num_classes", default=None)
+        learned_above = rule.learned_threshold(classes)
         print(f"[until_separated] {len(configs)} configuration(s); {rule.describe()}", flush=True)
         while pending:
             batch, meta = [], []
@@ -122,7 +124,7 @@ class UntilSeparatedSweeper(Sweeper):
                 returns.append(results)
                 for (label, _, job), result in zip(batch, results, strict=True):
                     _add(values[label], _metric(result, sweep_dir / job.dirname, rule.metric))
-            look = judge(len(looks) + 1, tried, values, rule)
+            look = judge(len(looks) + 1, tried, values, rule, learned_above)
             looks.append(look)
             atomic_write_text(sweep_dir / RECORD_NAME,
                               json.dumps(record(rule, looks, _command(plan)), indent=2) + "\n")
@@ -178,5 +180,7 @@ def _look_line(look: Any, rule: Any) -> str:
     pairs = "; ".join(f"{p['better']} vs {p['worse']}: p {p['p_value']:.3g} "
                       f"{'separated' if p['separated'] else 'open'}" for p in look.pairs) or "no pairs"
     nxt = ", ".join(f"{label} +{len(seeds)}" for label, seeds in look.next_seeds.items())
+    unstable = "; ".join(f"{label} {text}" for label, text in look.unstable.items())
     return (f"[until_separated] look {look.number}/{rule.max_looks} (alpha {look.alpha:.4g}, spent "
-            f"{look.alpha_spent:.4g}): {pairs}" + (f" | next: {nxt}" if nxt and not look.stop else ""))
+            f"{look.alpha_spent:.4g}): {pairs}" + (f" | seed-unstable: {unstable}" if unstable else "")
+            + (f" | next: {nxt}" if nxt and not look.stop else ""))

@@ -126,6 +126,18 @@ document.querySelectorAll("table.sortable").forEach(function (table) {
 """
 
 
+
+def _swept(runs: list) -> list[str]:
+    """``key=a,b,...`` for every override of these runs but the seed, values in first-seen order."""
+    values: dict[str, list[str]] = {}
+    for run in runs:
+        for override in run.overrides or [f"{k}={v}" for k, v in run.choices.items()]:
+            key, _, value = override.partition("=")
+            if key.lstrip("+~") != SEED_KEY and value not in values.setdefault(key, []):
+                values[key].append(value)
+    return [f"{key}={','.join(vals)}" for key, vals in values.items() if vals != [""]]
+
+
 class SweepReport:
     """report.html, report.md and report.json for one or more sweep directories."""
 
@@ -186,7 +198,9 @@ class SweepReport:
                         else f" (seeds to separate: {pair.seeds_to_separate})")
             lines = [f"No verdict: top two ({top.row} {top.summary.mean:.2f}, {second.row} "
                      f"{second.summary.mean:.2f}) {why}{estimate}; run more seeds: "
-                     + self.next_command([top, second], pair.seeds_needed if pair else None)]
+                     + self.next_command([top, second], pair.seeds_needed if pair else None),
+                     "Or let the sweeper add seeds only where the ranking is still open (a new sweep, seeds "
+                     "from 0, up to 10 each): " + self.adaptive_command(task.cells)]
         others = [c for c in task.cells[1:] if (p := task.pair(top, c)) is not None and not p.separated]
         if others:
             close = [top, *others]
@@ -206,18 +220,19 @@ class SweepReport:
         many as the estimate says separate them, up to 10 in all; 5 in all when there is no estimate. The
         report pools the new sweep's seeds with these when given both sweep directories."""
         runs = [run for cell in cells for run in cell.group.runs]
-        values: dict[str, list[str]] = {}
-        for run in runs:
-            for override in run.overrides or [f"{k}={v}" for k, v in run.choices.items()]:
-                key, _, value = override.partition("=")
-                if key.lstrip("+~") != SEED_KEY and value not in values.setdefault(key, []):
-                    values[key].append(value)
         have = min(cell.n for cell in cells)
         total = min(SEEDS_SHOWN, max(have + 1, seeds_needed if seeds_needed else 5))
         used = {run.summary.get(SEED_KEY) for run in runs}
         new = [s for s in range(len(used) + total) if s not in used][:max(1, total - have)]
-        parts = [f"{key}={','.join(vals)}" for key, vals in values.items() if vals != [""]]
-        return shlex.join(["python", "train.py", "-m", *parts, f"seed={','.join(map(str, new))}"])
+        return shlex.join(["python", "train.py", "-m", *_swept(runs), f"seed={','.join(map(str, new))}"])
+
+    @staticmethod
+    def adaptive_command(cells: list[ConfigCell]) -> str:
+        """The task's configurations under ``hydra/sweeper=until_separated`` on the parallel launcher: seeds
+        from 0 up, more only for configurations in an open adjacent pair, up to 10 each (docs/sweeps.md)."""
+        runs = [run for cell in cells for run in cell.group.runs]
+        return shlex.join(["python", "train.py", "-m", *_swept(runs), "hydra/sweeper=until_separated",
+                           "hydra/launcher=local_parallel"])
 
     # ------------------------------------------------------------------ the statistics section
     def statistics_tables(self) -> list[tuple[str, str, list[str], list[list[str]]]]:
