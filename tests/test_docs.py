@@ -85,3 +85,23 @@ def test_the_readme_picture_is_redrawn_from_results(tmp_path):
     assert drawn == (REPO / "docs" / "img" / "proxy_intervals.svg").read_text()
     for mixer in ("identity", "pooling", "attention", "feedforward", "spectral"):
         assert mixer in drawn
+
+
+def test_results_intervals_section_is_what_the_report_statistics_say_of_the_summary_table(capsys):
+    """RESULTS.md's "with intervals and verdicts" tables are scripts/results_statistics.py's output on the
+    summary table: a changed table with stale intervals fails here. The bimodal cells the file names are
+    flagged, and no pair of any ranking's neighbours is separated at two seeds."""
+    from scripts.results_statistics import main
+
+    assert main([]) == 0
+    printed = capsys.readouterr().out.strip()
+    text = (REPO / "RESULTS.md").read_text()
+    begin, end = "<!-- results_statistics: begin -->\n", "\n<!-- results_statistics: end -->"
+    assert text[text.index(begin) + len(begin):text.index(end)] == printed
+    first_table = printed.split("\n\n")[0].splitlines()
+    rows = {line.split("|")[1].strip(" `"): line for line in first_table if line.startswith("| `")}
+    assert "**unstable** 1/2 (10.4 / 69.8)" in rows["nystrom"]
+    assert "**unstable** 1/2 (41.7 / 87.9)" in rows["afno"]  # 87.8 recorded; m ± s/√2 rounds to 87.9
+    assert "**unstable**" not in rows["spectral"] and "**unstable**" not in rows["identity"]
+    verdict_rows = [line for line in printed.splitlines() if "(chance" in line and "of 253" in line]
+    assert len(verdict_rows) == 5 and all("| 0 of 22 |" in line for line in verdict_rows)
