@@ -133,6 +133,19 @@ def test_hpx_a_former_s18_is_caformer_with_hyenapixel_in_stages_1_2_and_the_offi
     assert res_scaled == [False] * 6 + [True] * 12
 
 
+@pytest.mark.parametrize("backbone", ["vit_micro", "metaformer"])
+def test_every_convolution_and_linear_starts_as_the_official_metaformer_inits_them(backbone):
+    """trunc-normal(0.02), zero bias, the depthwise filter and the filter network included, in the ViT too
+    (which initialises only Linear layers itself; PyTorch's defaults would give std 0.1-0.12 here)."""
+    torch.manual_seed(0)
+    model = build_backbone(compose_config([f"backbone={backbone}", "mixer=hyenapixel"]))
+    m = model.blocks[0].mixer
+    f = m.long_conv.implicit_filter
+    for layer in (m.pointwise_conv, m.depthwise_conv, f[0], f[2], f[4], m.out_proj):
+        assert 0.015 < layer.weight.std().item() < 0.025, layer
+        assert layer.bias is None or (layer.bias == 0).all(), layer
+
+
 def test_weight_decay_falls_as_in_the_official_timm_training():
     """timm's rule (no decay on 1-D tensors and ``.bias``) on the official shapes: Z, δ, s and the Sin
     frequencies are decayed, D (``long_conv.bias``) is not, the frozen distance map is never optimised."""
