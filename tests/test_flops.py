@@ -186,6 +186,17 @@ def hyena(c: Case) -> int:
         conv = int((4 * c.C + c.C + 4 * c.C) * fft(4 * n, real=True)) + linear(n * c.C, 4, 1)
     return linear(n, c.C, 3 * c.C) + 2 * n * 3 * c.C * 9 + 2 * filter_mlp + conv + linear(n, c.C, c.C)
 
+
+def hyenapixel(c: Case) -> int:
+    n, e, s = c.h * c.w, c.opt["filter_emb_dim"], c.opt["short_kernel_size"]
+    f = c.opt["filter_order"] or 2 * e
+    kh, kw = (2 * c.h - 1, 2 * c.w - 1) if c.opt["kernel_size"] is None else (c.opt["kernel_size"],) * 2
+    taps = kh * kw  # the filter network runs once per forward, on every tap of the kernel
+    filter_net = linear(taps, e, f) + linear(taps, f, f) + linear(taps, f, c.C)
+    padded = max(2 * c.h, kh) * max(2 * c.w, kw)  # rfft2 of u and of K, irfft2 of the product, per channel
+    conv = int(3 * c.C * fft(padded, real=True))
+    return linear(n, c.C, 3 * c.C) + 2 * n * 3 * c.C * s * s + filter_net + conv + linear(n, c.C, c.C)
+
 ANALYTIC = {
     "attention": attention,
     "tost": tssa,
@@ -209,6 +220,7 @@ ANALYTIC = {
     "ffnified": ffnified,
     "sepconv": sepconv,
     "hyena": hyena,
+    "hyenapixel": hyenapixel,
     "performer": performer,
     "nystrom": nystrom,
     "routing": routing,

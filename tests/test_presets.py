@@ -39,6 +39,7 @@ PRESETS = [
     "poolformerv2_s12",
     "convformer_s18",
     "caformer_s18",
+    "hpx_a_former_s18",
     "tnt_s_patch16_224",
 ]
 
@@ -61,6 +62,7 @@ EXACT_PARAMS = {
     "poolformerv2_s12": 11_891_712,
     "convformer_s18": 26_774_448,
     "caformer_s18": 26_341_656,
+    "hpx_a_former_s18": 27_928_674,  # the official model, frozen distance maps counted (MIXERS-III s6)
     "tnt_s_patch16_224": 23_768_584,  # timm.create_model(name) (tests/test_tnt.py: identical logits)
 }
 APPROX_PARAMS = {  # reported to 3-4 significant digits: within 0.5%
