@@ -44,11 +44,18 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     Our checkpoints hold only tensors, containers and primitives (RNG states are stored as tensors and
     tuples of ints), which is what ``weights_only=True`` accepts.
+
+    ``storage_options={"previous": PATH}``: once the new file is whole on disk, and just before it replaces
+    the one at ``path``, that one becomes ``PATH`` (:func:`keep_as_previous`); a save that fails changes
+    neither.
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
-        if storage_options is not None:
-            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        options = dict(storage_options or {})
+        previous = options.pop("previous", None)
+        if options:
+            raise TypeError(f"{type(self).__name__} takes storage_options={{'previous': PATH}} only, not "
+                            f"{sorted(options)}")
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a process killed mid-save
@@ -59,6 +66,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 torch.save(checkpoint, f)
                 f.flush()
                 os.fsync(f.fileno())
+            if previous is not None and path.is_file():
+                keep_as_previous(path, Path(previous))
             os.replace(tmp, path)
         except BaseException as error:
             Path(tmp).unlink(missing_ok=True)  # frees the space a full disk's summary and log line need
@@ -95,8 +104,8 @@ class RunCheckpoint(Checkpoint):
 
     Being a :class:`Checkpoint`, Lightning runs its ``on_train_epoch_end`` after the LightningModule's, so the
     epoch-end checkpoint already holds that epoch's history row. ``every_n_steps=0``: epoch ends only.
-    ``keep_previous`` costs one more checkpoint on disk (a hard link: no copy is written); turn it off where
-    two checkpoints of a big model do not fit.
+    ``keep_previous`` costs one more checkpoint on disk (no copy is written: the replaced file keeps a second
+    name); turn it off where two checkpoints of a big model, plus the one being written, do not fit.
     """
 
     def __init__(self, dirpath: str | Path, every_n_steps: int = 0, keep_previous: bool = True) -> None:
@@ -120,18 +129,15 @@ class RunCheckpoint(Checkpoint):
     def save(self, trainer: L.Trainer) -> None:
         """Write ``last.ckpt`` now (every rank calls this: the checkpoint gathers per-rank state)."""
         if trainer.is_global_zero:  # the one process that writes the file
-            self._before_rewrite()
-        trainer.save_checkpoint(self.last_path, weights_only=False)  # False: the full training state
+            for path in self.damaged:  # a damaged last.ckpt is not kept as previous.ckpt: set it aside
+                if path.is_file():
+                    kept = set_aside_damaged(path)
+                    log.warning("run checkpoint: the damaged %s is kept as %s", path, kept.name)
+            self.damaged = []
+        options = {"previous": self.previous_path} if self.keep_previous else None
+        # weights_only=False: the full training state
+        trainer.save_checkpoint(self.last_path, weights_only=False, storage_options=options)
         self._last_saved_step = trainer.global_step
-
-    def _before_rewrite(self) -> None:
-        for path in self.damaged:
-            if path.is_file():
-                kept = set_aside_damaged(path)
-                log.warning("run checkpoint: the damaged %s is kept as %s", path, kept.name)
-        self.damaged = []
-        if self.keep_previous and self.last_path.is_file():
-            keep_as_previous(self.last_path, self.previous_path)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         step = trainer.global_step
@@ -144,12 +150,12 @@ class RunCheckpoint(Checkpoint):
 
 
 def keep_as_previous(last: Path, previous: Path) -> None:
-    """Make ``previous`` the file ``last`` is now, before ``last`` is rewritten.
+    """Make ``previous`` the file ``last`` is now, just before a new file is renamed over ``last``.
 
-    A hard link: no byte is copied, and since the rewrite renames a new file over ``last``, the old file
-    lives on as ``previous``; at every moment both names hold a whole checkpoint. Where the file system has
-    no hard links, ``last`` is renamed instead: until the rewrite lands the run has ``previous`` alone,
-    which :func:`resume_point` takes."""
+    A hard link: no byte is copied, and once the new file replaces ``last`` the old one lives on as
+    ``previous``; at every moment both names hold a whole checkpoint. Where the file system has no hard
+    links, ``last`` is renamed instead: for the instant until the next rename the run has ``previous``
+    alone, which :func:`resume_point` takes."""
     for stale in last.parent.glob(f".{previous.name}.*.tmp"):  # left by a process killed right here
         stale.unlink(missing_ok=True)
     link = last.parent / f".{previous.name}.{os.getpid()}.tmp"
