@@ -142,7 +142,7 @@ def train(cfg: DictConfig, validated: bool = False) -> dict:
         # durable evidence of a resume (a requeue's kill can cut the log before a line reaches it)
         summary["resumed_from_step"] = resume.step
         if resume.passed_over:
-            summary["resume_passed_over"] = [f"{path}: {why}" for path, why in resume.passed_over]
+            summary["resume_passed_over"] = [f"{path} {why}" for path, why in resume.passed_over]
             if checkpoint is not None:
                 checkpoint.damaged = [path for path, _ in resume.passed_over]
         if os.environ.get("SLURM_RESTART_COUNT"):
