@@ -2,9 +2,10 @@
 full disk, with no traceback, and nothing already written is lost.
 
 One tiny run (2 epochs of 4 steps, a checkpoint every 2 steps) is trained once; the other tests damage
-copies of it, evaluate it, or repeat its command on a small file system. One more run of that command is
-chained through a full disk, a kill and a damaged last.ckpt (``full_disk_kill_and_damage``), and the
-report tests read a sweep written on disk without training (tests/report_data.py).
+copies of it, evaluate it, or report it. The same command is also run through a full disk, a kill and a
+damaged last.ckpt in turn, and as a sweep killed at a random moment; these runs start together on two
+threads (``runs``), as each is a process of its own. The report tests read a sweep written on disk without
+training (tests/report_data.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -77,14 +79,6 @@ def robustness_section(markdown: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> tuple[Path, dict]:
-    run_dir = tmp_path_factory.mktemp("trained") / "run"
-    _, summary = run_train(run_dir, *RUN, env=ENV)
-    assert summary["status"] == "completed"
-    return run_dir, summary
-
-
-@pytest.fixture(scope="module")
 def report_main():
     """scripts/report.py's ``main(argv)``, run in this process: what the command does, less its start-up."""
     return runpy.run_path(str(REPO / "scripts" / "report.py"), run_name="report_script")["main"]
@@ -126,6 +120,89 @@ def small_disk(tmp_path):
     mount = mount_tmpfs(tmp_path / "disk", "2m")
     yield mount
     unmount(mount)
+
+
+# ------------------------------------------------------------------------------------ the module's runs
+def train_undisturbed(run_dir: Path) -> tuple[Path, dict]:
+    _, summary = run_train(run_dir, *RUN, env=ENV)
+    assert summary["status"] == "completed"
+    return run_dir, summary
+
+
+def run_through_a_full_disk_a_kill_and_a_damaged_checkpoint(mount: Path) -> tuple[Path, dict]:
+    """The tiny run's command on a 2 MB disk stops at its second checkpoint (step 4): the disk is full.
+    Space freed, the same command (with a SIGKILL at step 7) resumes from step 2 and dies there, leaving
+    last.ckpt at step 6 and previous.ckpt at step 4; last.ckpt is then cut to 5 kB, and the same command,
+    run once more, passes over it for previous.ckpt and finishes. What each stage left is kept here."""
+    mount_tmpfs(mount, "2m")
+    run_dir = mount / "run"
+    ckpts = run_dir / "checkpoints"
+    stage = {}
+    try:
+        proc, summary = run_train(run_dir, *RUN, check=False, env=ENV)
+        stage["full"] = SimpleNamespace(proc=proc, summary=summary,
+                                        last_step=checkpoint_step(ckpts / "last.ckpt"),
+                                        files=sorted(p.name for p in ckpts.iterdir()),
+                                        log=(run_dir / "train.log").read_text())
+        remount(mount, "64m")  # space freed
+        proc, _ = run_train(run_dir, *RUN, *KILL_AT_7, check=False, env=ENV)
+        stage["killed"] = SimpleNamespace(proc=proc, log=(run_dir / "train.log").read_text(), steps=(
+            checkpoint_step(ckpts / "last.ckpt"), checkpoint_step(ckpts / "previous.ckpt")))
+        stage["cut"] = cut(ckpts / "last.ckpt", ckpts / "last.ckpt", 5000).read_bytes()
+        proc, summary = run_train(run_dir, *RUN, check=False, env=ENV)
+        kept = ckpts / "last.ckpt.damaged"
+        stage["done"] = SimpleNamespace(proc=proc, summary=summary, log=(run_dir / "train.log").read_text(),
+                                        files=sorted(p.name for p in ckpts.iterdir()),
+                                        kept=kept.read_bytes() if kept.is_file() else None,
+                                        last_step=checkpoint_step(ckpts / "last.ckpt"))
+        return run_dir, stage
+    finally:
+        unmount(mount)
+
+
+def sweep_killed_at_a_random_point_then_rerun(cwd: Path) -> SimpleNamespace:
+    """``train.py -m seed=0 ...`` SIGKILLed at a random moment between its first checkpoint and the job's
+    end, then the same command again. A JSON file left half-written by the kill fails this at once."""
+    cmd = [sys.executable, str(REPO / "train.py"), "-m", "seed=0", *RUN, "sweep.report=false"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB")} | ENV
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not list(cwd.glob("runs/sweeps/*/*/checkpoints/last.ckpt")) and proc.poll() is None \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
+    seed = random.randrange(1 << 30)
+    time.sleep(random.Random(seed).uniform(0.0, 1.0))  # between the first checkpoint and the job's end
+    proc.kill()
+    outcome = SimpleNamespace(seed=seed, killed=proc.wait(), cwd=cwd)
+    if outcome.killed != -9:
+        return outcome
+    every_json_parses(cwd)
+    (outcome.sweep_dir,) = (cwd / "runs" / "sweeps").iterdir()
+    outcome.completed_after_kill = SweepIndex(outcome.sweep_dir).scan()["counts"]["completed"]
+    outcome.rerun = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    return outcome
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Future]:
+    """The module's training runs, started together on two threads: each run is a process of its own, so
+    two of them share the machine's cores while the tests that need neither go on. A test waits only for
+    the one it reads (``runs[name].result()``)."""
+    pool = ThreadPoolExecutor(max_workers=2)
+    futures = {
+        "trained": pool.submit(train_undisturbed, tmp_path_factory.mktemp("trained") / "run"),
+        "full_disk": pool.submit(run_through_a_full_disk_a_kill_and_a_damaged_checkpoint,
+                                 tmp_path_factory.mktemp("full_disk") / "disk"),
+        "sweep": pool.submit(sweep_killed_at_a_random_point_then_rerun, tmp_path_factory.mktemp("sweep")),
+    }
+    yield futures
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+@pytest.fixture(scope="module")
+def trained(runs) -> tuple[Path, dict]:
+    """The tiny run, undisturbed: the weights every resumed run must end with."""
+    return runs["trained"].result()
 
 
 # ------------------------------------------------------------------------------------ damaged files
@@ -365,35 +442,8 @@ def test_a_short_write_from_torch_or_python_reads_as_a_full_disk():
 
 # ------------------------------------------------------------- a full disk, a damaged last.ckpt
 @pytest.fixture(scope="module")
-def full_disk_kill_and_damage(tmp_path_factory):
-    """The tiny run's command on a 2 MB disk stops at its second checkpoint (step 4): the disk is full.
-    Space freed, the same command (with a SIGKILL at step 7) resumes from step 2 and dies there, leaving
-    last.ckpt at step 6 and previous.ckpt at step 4; last.ckpt is then cut to 5 kB, and the same command,
-    run once more, passes over it for previous.ckpt and finishes. What each stage left is kept here."""
-    mount = mount_tmpfs(tmp_path_factory.mktemp("full_disk") / "disk", "2m")
-    run_dir = mount / "run"
-    ckpts = run_dir / "checkpoints"
-    stage = {}
-    try:
-        proc, summary = run_train(run_dir, *RUN, check=False, env=ENV)
-        stage["full"] = SimpleNamespace(proc=proc, summary=summary,
-                                        last_step=checkpoint_step(ckpts / "last.ckpt"),
-                                        files=sorted(p.name for p in ckpts.iterdir()),
-                                        log=(run_dir / "train.log").read_text())
-        remount(mount, "64m")  # space freed
-        proc, _ = run_train(run_dir, *RUN, *KILL_AT_7, check=False, env=ENV)
-        stage["killed"] = SimpleNamespace(proc=proc, log=(run_dir / "train.log").read_text(), steps=(
-            checkpoint_step(ckpts / "last.ckpt"), checkpoint_step(ckpts / "previous.ckpt")))
-        stage["cut"] = cut(ckpts / "last.ckpt", ckpts / "last.ckpt", 5000).read_bytes()
-        proc, summary = run_train(run_dir, *RUN, check=False, env=ENV)
-        kept = ckpts / "last.ckpt.damaged"
-        stage["done"] = SimpleNamespace(proc=proc, summary=summary, log=(run_dir / "train.log").read_text(),
-                                        files=sorted(p.name for p in ckpts.iterdir()),
-                                        kept=kept.read_bytes() if kept.is_file() else None,
-                                        last_step=checkpoint_step(ckpts / "last.ckpt"))
-        yield run_dir, stage
-    finally:
-        unmount(mount)
+def full_disk_kill_and_damage(runs) -> tuple[Path, dict]:
+    return runs["full_disk"].result()
 
 
 def test_a_full_disk_stops_cleanly_and_the_same_command_resumes_to_the_same_weights(trained,
@@ -586,30 +636,20 @@ def test_report_killed_inside_a_random_one_of_its_writes_then_rerun_writes_whole
     assert (out / "report.html").read_text().rstrip().endswith("</html>")
 
 
-def test_a_sweep_killed_mid_job_at_a_random_point_then_rerun_completes(trained, tmp_path):
-    cmd = [sys.executable, str(REPO / "train.py"), "-m", "seed=0", *RUN, "sweep.report=false"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB")} | ENV
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while not list(tmp_path.glob("runs/sweeps/*/*/checkpoints/last.ckpt")) and proc.poll() is None \
-            and time.monotonic() < deadline:
-        time.sleep(0.05)
-    seed = random.randrange(1 << 30)
-    time.sleep(random.Random(seed).uniform(0.0, 1.0))  # between the first checkpoint and the job's end
-    proc.kill()
-    assert proc.wait() == -9, f"seed {seed}: the sweep ended before the kill"
-    every_json_parses(tmp_path)
-    (sweep_dir,) = (tmp_path / "runs" / "sweeps").iterdir()
-    assert SweepIndex(sweep_dir).scan()["counts"]["completed"] == 0
-    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+def test_a_sweep_killed_mid_job_at_a_random_point_then_rerun_completes(trained, runs):
+    sweep = runs["sweep"].result()
+    seed = sweep.seed
+    assert sweep.killed == -9, f"seed {seed}: the sweep ended before the kill"
+    assert sweep.completed_after_kill == 0  # and every JSON file parsed after the kill
+    done = sweep.rerun
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    index = json.loads((sweep_dir / "sweep.json").read_text())
+    index = json.loads((sweep.sweep_dir / "sweep.json").read_text())
     assert index["counts"]["completed"] == 1, index
-    (summary,) = sweep_dir.glob("*/summary.json")
+    (summary,) = sweep.sweep_dir.glob("*/summary.json")
     summary = json.loads(summary.read_text())
     assert summary.get("resumed_from_step", 0) >= 2, f"seed {seed}"
     assert summary["weights_sha256"] == trained[1]["weights_sha256"]  # the same job as a run never killed
-    every_json_parses(tmp_path)
+    every_json_parses(sweep.cwd)
 
 
 def test_every_json_file_the_project_writes_goes_through_the_atomic_write():
