@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from mixerlab.errors import ConfigError
-from mixerlab.run import atomic_write_text
+from mixerlab.run import atomic_path, atomic_write_text
 
 
 def centre_token(model: nn.Module, num_tokens: int | None = None, layer: int | None = None) -> int:
@@ -76,11 +76,11 @@ def heat_png(heat: np.ndarray, path: Path, title: str) -> None:
     ax.set_title(title, fontsize=9)
     ax.set_xticks([])
     ax.set_yticks([])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100, bbox_inches="tight", metadata={"Software": None})
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=100, bbox_inches="tight", metadata={"Software": None})
+    finally:
+        plt.close(fig)
 
 
 def write_erf(model: nn.Module, dataset, layers: list[int], out_dir: Path, images: int = 64,
@@ -93,7 +93,8 @@ def write_erf(model: nn.Module, dataset, layers: list[int], out_dir: Path, image
     for k, heat in maps.items():
         files[k] = out_dir / f"layer{k}.png"
         heat_png(heat, files[k], f"{(meta or {}).get('mixer') or 'model'}: block {k}")
-    np.savez(out_dir / "erf.npz", **{f"layer{k}": v for k, v in maps.items()})
+    with atomic_path(out_dir / "erf.npz") as tmp:
+        np.savez(tmp, **{f"layer{k}": v for k, v in maps.items()})
     # share of the gradient inside the centre patch: near 1 = local, small = spread over the image
     layouts = getattr(model, "block_layouts", None)
 

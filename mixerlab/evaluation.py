@@ -53,7 +53,7 @@ from data.corruptions import ALEXNET_ERROR
 from data.shifted import EvalSet
 from mixerlab.errors import ConfigError, DamagedFileError
 from mixerlab.run import SUMMARY_FIX, atomic_write_text
-from mixerlab.storage import load_torch_file, read_config_file, read_derived_json, read_json_file
+from mixerlab.storage import disk_full, load_torch_file, read_config_file, read_derived_json, read_json_file
 from mixers.contract import fuse_for_inference
 
 UNSET = (None, "", "None", "null")
@@ -68,20 +68,28 @@ CHECKPOINT_FIX = ("checkpoints are written atomically, so it was damaged after i
 
 # ---------------------------------------------------------------------------------------------- the run
 def resolve_run(run: str | None) -> tuple[Path, Path]:
-    """A run directory, or a checkpoint inside ``<run>/checkpoints/`` -> (run directory, checkpoint)."""
+    """A run directory, or a checkpoint inside ``<run>/checkpoints/`` -> (run directory, checkpoint).
+
+    For a run directory, the newest of its checkpoints that loads (last.ckpt, else previous.ckpt; one
+    warning line says when last.ckpt is passed over); a checkpoint named on the command line is that one."""
+    from mixerlab.checkpointing import resume_point
+
     if run in (None, "", "None", "null"):
         raise ConfigError("run is not set: pass run=runs/<experiment>/<run id> (a run directory) or a .ckpt")
     path = Path(run).expanduser().resolve()
-    if path.is_file():
-        run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-        ckpt = path
-    else:
-        run_dir, ckpt = path, path / "checkpoints" / "last.ckpt"
+    run_dir = (path.parent.parent if path.parent.name == "checkpoints" else path.parent) if path.is_file() \
+        else path
     if not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"run={run}: {run_dir} has no config.yaml (not a mixerlab run directory)")
-    if not ckpt.is_file():
-        raise ConfigError(f"run={run}: no checkpoint at {ckpt} (has the run trained an epoch yet?)")
-    return run_dir, ckpt
+    if path.is_file():
+        return run_dir, path
+    point = resume_point(run_dir / "checkpoints", CHECKPOINT_FIX)
+    if point is None:
+        raise ConfigError(f"run={run}: no checkpoint at {run_dir / 'checkpoints' / 'last.ckpt'} (has the run "
+                          "trained an epoch yet?)")
+    if point.passed_over:
+        log.warning("%s", point.fallback_line())
+    return run_dir, point.path
 
 
 def run_config(run_dir: Path) -> DictConfig:
@@ -224,7 +232,11 @@ def corruption_summary(results: dict[tuple[str, int], dict], clean_top1: float |
 @contextmanager
 def locked(run_dir: Path):
     """One writer of eval.json at a time (several evals of one run may run at once, e.g. a multirun)."""
-    with open(run_dir / ".eval.lock", "w") as lock:
+    try:
+        lock = open(run_dir / ".eval.lock", "w")  # noqa: SIM115 - closed below, after the lock is released
+    except OSError as error:  # a full disk can refuse even an empty file's directory entry
+        raise (disk_full(error, run_dir / ".eval.lock") or error) from None
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield

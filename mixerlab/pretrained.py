@@ -263,8 +263,9 @@ def read_state_dict(path: str | Path, ema: bool = False) -> tuple[StateDict, dic
         try:
             return dict(load_file(str(path), device="cpu")), {}
         except Exception:  # noqa: BLE001 - safetensors' own error type differs across its versions
-            raise DamagedFileError(f"init.checkpoint={str(path)!r}: {path} is truncated, empty or not a "
-                                   f"safetensors file; {WEIGHTS_FIX}") from None
+            raise DamagedFileError(
+                f"init.checkpoint={str(path)!r}: {path} is truncated, empty or not a safetensors file "
+                f"({path.stat().st_size:,} bytes); {WEIGHTS_FIX}") from None
     try:
         obj = load_torch_file(path, "init.checkpoint", WEIGHTS_FIX)
     except pickle.UnpicklingError as error:

@@ -3,7 +3,7 @@
     runs/<experiment>/<run id>/
         config.yaml        the resolved config: the experiment record
         metrics.csv        one row per epoch (CSV logger)
-        checkpoints/       last.ckpt (atomic), periodic checkpoints
+        checkpoints/       last.ckpt (atomic), previous.ckpt (the one last.ckpt replaced)
         summary.json       status, accuracy, cost and a digest of the final weights
 """
 
@@ -14,6 +14,8 @@ import os
 import resource
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -22,6 +24,9 @@ from mixerlab.redact import redacted_config
 from mixerlab.storage import disk_full, read_derived_json
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# a run's checkpoints, newest first (mixerlab/checkpointing.py): named here, where no torch import is paid
+LAST_CHECKPOINT = "last.ckpt"
+PREVIOUS_CHECKPOINT = "previous.ckpt"
 SUMMARY_FIX = ("read as missing: the same command run again resumes from the run's checkpoint and rewrites "
                "it")
 
@@ -39,6 +44,29 @@ def atomic_write_text(path: Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as error:
+        Path(tmp).unlink(missing_ok=True)
+        full = disk_full(error, path)
+        if full is not None:
+            raise full from None
+        raise
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write to (it ends in ``path``'s suffix: writers such as
+    matplotlib and numpy choose the format from it), renamed over ``path`` when the block ends. On an error
+    it is removed and ``path`` stays as it was; a full disk is a :class:`~mixerlab.errors.DiskFullError`
+    naming ``path``."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
+        os.close(fd)
+    except OSError as error:
+        raise (disk_full(error, path) or error) from None
+    try:
+        yield Path(tmp)
         os.replace(tmp, path)
     except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
@@ -92,6 +120,12 @@ def stop_status(error: str, received_sigterm: bool = False) -> str:
     return "failed"
 
 
+def checkpoint_files(run_dir: Path) -> list[Path]:
+    """A run's resumable checkpoints that exist, newest first."""
+    paths = [Path(run_dir) / "checkpoints" / name for name in (LAST_CHECKPOINT, PREVIOUS_CHECKPOINT)]
+    return [p for p in paths if p.is_file()]
+
+
 class RunDirectory:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path).resolve()
@@ -106,9 +140,8 @@ class RunDirectory:
         return self.path / "summary.json"
 
     @property
-    def last_checkpoint(self) -> Path | None:
-        last = self.checkpoints / "last.ckpt"
-        return last if last.is_file() else None
+    def checkpoint_files(self) -> list[Path]:
+        return checkpoint_files(self.path)
 
     def save_config(self, cfg: DictConfig) -> None:
         # secrets (an API key that slipped into an override) never reach the experiment record

@@ -255,6 +255,7 @@ KEY_RULES: dict[str, Rule] = {
     "fastpath.cpu_linear": Choice("mixerlab.fastpath.CPU_LINEAR"),
     "fastpath.cpu_threads": Int(ge=1, null=True, also=("auto",)),
     "callbacks.checkpoint.every_n_steps": Int(ge=0),
+    "callbacks.checkpoint.keep_previous": Rule(("bool",)),
     "sweep.report": Rule(("bool",)),
     # mixers (any mixer node: mixer, backbone.schedule[i].mixer, ...)
     "**.num_heads": POSITIVE,

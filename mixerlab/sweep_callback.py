@@ -16,6 +16,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from mixerlab.report import SweepReport
+from mixerlab.run import checkpoint_files
 from mixerlab.sweep import INDEX_NAME, SweepIndex, SweepPlan, set_aside_failed_attempt
 
 log = logging.getLogger("mixerlab.sweep")
@@ -51,7 +52,7 @@ class SweepCallback(Callback):
                       f"{attempt}; running it again", flush=True)
         ours = [job for job in index.refresh()["jobs"] if job["job"] in planned]
         done = sum(job["status"] == "completed" for job in ours)
-        resume = sum((self.sweep_dir / job["run_dir"] / "checkpoints" / "last.ckpt").is_file()
+        resume = sum(bool(checkpoint_files(self.sweep_dir / job["run_dir"]))
                      for job in ours if job["status"] in ("incomplete", "interrupted"))
         print(f"sweep {plan.name}: {len(plan.jobs)} jobs, {done} completed before (skipped), "
               f"{resume} resuming from a checkpoint, in {self.sweep_dir}", flush=True)

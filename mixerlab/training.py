@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from mixerlab.build import build_backbone, build_datamodule, build_recipe, mixer_name
-from mixerlab.checkpointing import AtomicCheckpointIO, RunCheckpoint, checkpoint_step
+from mixerlab.checkpointing import AtomicCheckpointIO, RunCheckpoint, resume_point
 from mixerlab.costs import count_flops, count_parameters, step_memory, weights_sha256
 from mixerlab.errors import ConfigError
 from mixerlab.fastpath import apply_fast_path
@@ -137,16 +137,22 @@ def train(cfg: DictConfig, validated: bool = False) -> dict:
     summary["fast_path"] = apply_fast_path(cfg.get("fastpath"), backbone, num_workers=datamodule.num_workers)
     if trainer.is_global_zero:
         run.save_config(cfg)
-    resume = run.last_checkpoint
+    resume = resume_point(run.checkpoints)  # the newest checkpoint that loads
     if resume:
         # durable evidence of a resume (a requeue's kill can cut the log before a line reaches it)
-        summary["resumed_from_step"] = checkpoint_step(resume)
+        summary["resumed_from_step"] = resume.step
+        if resume.passed_over:
+            summary["resume_passed_over"] = [f"{path} {why}" for path, why in resume.passed_over]
+            if checkpoint is not None:
+                checkpoint.damaged = [path for path, _ in resume.passed_over]
         if os.environ.get("SLURM_RESTART_COUNT"):
             summary["slurm_restart_count"] = int(os.environ["SLURM_RESTART_COUNT"])
         if trainer.is_global_zero:
-            log.info("resuming from %s (step %d)", resume, summary["resumed_from_step"])
+            if resume.passed_over:
+                log.warning("%s", resume.fallback_line())
+            log.info("resuming from %s (step %d)", resume.path, resume.step)
     try:
-        ckpt_path = str(resume) if resume else None
+        ckpt_path = str(resume.path) if resume else None
         trainer.fit(recipe, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         if recipe.needs_final_validation:  # the budget ended where no validation ran: validate once here
             trainer.validate(recipe, datamodule=datamodule, verbose=False)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -54,3 +57,31 @@ def train_run(tmp_path):
         return run_train(tmp_path / f"run{next(counter)}", *overrides, **kwargs)
 
     return _run
+
+
+def kill_sweep_when(cmd: list[str], cwd: Path, env: dict, ready: Callable[[], bool],
+                    timeout: float = 300) -> str:
+    """Start ``cmd`` (a sweep) in a session of its own, wait until ``ready()``, then SIGKILL the session's
+    process group: the sweep and every job process it started die at once, as in ``kill -9 -PGID`` or a
+    machine's crash, and nothing runs on the way out. Returns the sweep's output; fails if it ended, or
+    ``timeout`` passed, before it was ready."""
+    log = cwd / "killed_sweep.out"  # a file, not a pipe: an unread pipe would stall the sweep when full
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while not ready() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    output = log.read_text()
+    assert proc.returncode == -signal.SIGKILL and ready(), f"ended or never got ready:\n{output[-4000:]}"
+    return output
+
+
+def every_json_parses(root: Path) -> list[Path]:
+    """Every JSON file under ``root`` (temporary files excepted) parses: none is half-written."""
+    files = [p for p in root.rglob("*.json") if not p.name.startswith(".")]
+    for path in files:
+        json.loads(path.read_text())
+    return files

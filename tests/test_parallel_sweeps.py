@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from hydra_plugins.mixerlab_sweeps.local_parallel import cores_per_job
-from tests.conftest import REPO, run_train
+from tests.conftest import REPO, every_json_parses, kill_sweep_when, run_train
 from tests.faults import ENV as FAULTS_ENV
 
 BUDGET = ("trainer.max_epochs=1", "+trainer.limit_train_batches=3", "+trainer.limit_val_batches=1",
@@ -43,9 +43,13 @@ def _summary(sweep_dir: Path, seed: int) -> dict:
     return json.loads((sweep_dir / f"seed={seed}" / "summary.json").read_text())
 
 
-def _sweep(cwd: Path, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "train.py"), *COMMAND], cwd=cwd, env=env,
+def _run(cwd: Path, env: dict, command: tuple[str, ...]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "train.py"), *command], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)
+
+
+def _sweep(cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    return _run(cwd, env, COMMAND)
 
 
 @pytest.fixture(scope="module")
@@ -101,3 +105,43 @@ def test_rerun_skips_the_completed_job_and_finishes_the_failed_ones(faulty_then_
     assert after[0] == summaries[0]
     assert after[1]["status"] == after[2]["status"] == "completed"
     assert json.loads((sweep_dir / "sweep.json").read_text())["counts"]["completed"] == 3
+
+
+# two jobs side by side; seed=1 pauses at the start of its second epoch (its first epoch's checkpoint written)
+# while the faults are armed
+KILLABLE = ("-m", "seed=0,1", "hydra/launcher=local_parallel", "hydra.launcher.jobs=2",
+            "hydra.launcher.threads_per_job=1", "trainer.max_epochs=2", "+trainer.limit_train_batches=2",
+            "+trainer.limit_val_batches=1", "callbacks.progress.refresh_rate=0", "sweep.report=false",
+            "+callbacks.pause._target_=tests.faults.PauseAtEpoch", "+callbacks.pause.epoch=1",
+            "+callbacks.pause.only_in='seed=1'")
+
+
+@pytest.mark.slow
+def test_a_parallel_sweep_killed_with_its_jobs_then_run_again_skips_the_finished_job_and_completes(tmp_path):
+    from mixerlab.sweep import read_summary
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB")}
+    cmd = [sys.executable, str(REPO / "train.py"), *KILLABLE]
+    paused = tmp_path / "paused"
+
+    def seed0_done_and_seed1_paused() -> bool:
+        sweeps = list((tmp_path / "runs" / "sweeps").glob("*/seed=0"))
+        done = bool(sweeps) and (read_summary(sweeps[0]) or {}).get("status") == "completed"
+        return done and paused.exists()
+
+    kill_sweep_when(cmd, tmp_path, {**env, FAULTS_ENV: str(paused)}, seed0_done_and_seed1_paused)
+    (sweep_dir,) = (tmp_path / "runs" / "sweeps").iterdir()
+    every_json_parses(tmp_path)
+    finished = (sweep_dir / "seed=0" / "summary.json").read_bytes()
+    assert not (sweep_dir / "seed=1" / "summary.json").exists()  # killed with the sweep: no word written
+    assert (sweep_dir / "seed=1" / "checkpoints" / "last.ckpt").is_file()
+
+    again = _run(cwd=tmp_path, env=env, command=KILLABLE)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-5000:]
+    assert "[local_parallel] skip   #0 seed=0: completed before" in again.stdout
+    assert again.stdout.count("[local_parallel] start ") == 1
+    assert (sweep_dir / "seed=0" / "summary.json").read_bytes() == finished  # untouched
+    seed1 = _summary(sweep_dir, 1)
+    assert seed1["status"] == "completed" and seed1["resumed_from_step"] == 2
+    assert json.loads((sweep_dir / "sweep.json").read_text())["counts"]["completed"] == 2
+    every_json_parses(tmp_path)

@@ -25,7 +25,8 @@ from omegaconf import OmegaConf
 
 from hydra_plugins.mixerlab_sweeps.until_separated import UntilSeparatedSweeper
 from mixerlab.adaptive_seeds import RECORD_NAME, SeedRule
-from tests.conftest import REPO
+from tests.conftest import REPO, every_json_parses, kill_sweep_when
+from tests.faults import ENV as FAULTS_ENV
 
 
 class NormalLauncher:
@@ -217,3 +218,38 @@ def test_a_real_tiny_sweep_records_its_looks_and_a_rerun_launches_nothing(tmp_pa
     assert again.count("[until_separated] skipped (completed before)") == len(runs)
     assert "Launching" not in again and "[local_parallel] start" not in again
     assert json.loads((sweep_dir / RECORD_NAME).read_text())["looks"] == record["looks"]
+
+
+# the first look's four jobs, run in this order: identity seeds 0 and 1, then attention seeds 0 and 1, which
+# pauses at the start of its second epoch (its first epoch's checkpoint written) while the faults are armed
+KILLABLE = ("-m", "mixer=identity,attention", "hydra/sweeper=until_separated",
+            "hydra.sweeper.initial_seeds=2", "hydra.sweeper.max_seeds=2", "trainer.max_epochs=2",
+            "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1",
+            "callbacks.progress.refresh_rate=0", "sweep.report=false",
+            "+callbacks.pause._target_=tests.faults.PauseAtEpoch", "+callbacks.pause.epoch=1",
+            "+callbacks.pause.only_in='mixer=attention,seed=0'")
+
+
+@pytest.mark.slow
+def test_a_sweep_killed_mid_job_then_run_again_skips_the_finished_jobs_and_completes(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB")}
+    cmd = [sys.executable, str(REPO / "train.py"), *KILLABLE]
+    paused = tmp_path / "paused"
+    kill_sweep_when(cmd, tmp_path, {**env, FAULTS_ENV: str(paused)}, paused.exists)
+    (sweep_dir,) = (tmp_path / "runs" / "sweeps").iterdir()
+    every_json_parses(tmp_path)
+    finished = {p.parent.name: p.read_bytes() for p in sweep_dir.glob("*/summary.json")}
+    assert set(finished) == {"mixer=identity,seed=0", "mixer=identity,seed=1"}
+    assert (sweep_dir / "mixer=attention,seed=0" / "checkpoints" / "last.ckpt").is_file()
+
+    again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-5000:]
+    assert again.stdout.count("[until_separated] skipped (completed before)") == 2
+    assert {job: (sweep_dir / job / "summary.json").read_bytes() for job in finished} == finished  # untouched
+    summaries = {p.parent.name: json.loads(p.read_text()) for p in sweep_dir.glob("*/summary.json")}
+    assert len(summaries) == 4 and {s["status"] for s in summaries.values()} == {"completed"}
+    assert summaries["mixer=attention,seed=0"]["resumed_from_step"] == 2
+    assert "resumed_from_step" not in summaries["mixer=attention,seed=1"]
+    record = json.loads((sweep_dir / RECORD_NAME).read_text())
+    assert len(record["looks"]) == 1 and record["stopped"] in ("separated", "cap")
+    every_json_parses(tmp_path)

@@ -10,7 +10,7 @@ import io
 import math
 
 from mixerlab.report.records import RunRecord
-from mixerlab.report.robustness import CLEAN, read_eval
+from mixerlab.report.robustness import CLEAN
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
            "#7f7f7f")
@@ -101,7 +101,7 @@ def clean_vs_shifted_plot(runs, colors: dict[str, str]) -> str | None:
     """Clean top-1 (x) against each shifted set's top-1 (y), one marker shape per set, colour per mixer."""
     points = []
     for run in runs:
-        sets = read_eval(run.run_dir)
+        sets = run.eval_sets
         clean = sets.get(CLEAN, {}).get("top1")
         if clean is None:
             continue

@@ -100,6 +100,21 @@ class RunRecord:
         return strip({k: v for k, v in config.items() if k not in BOOKKEEPING_KEYS})
 
     @cached_property
+    def eval_sets(self) -> dict:
+        """The sets ``eval.py`` scored, from the run's eval.json, read once per report: several sections
+        use it, and a damaged file is said once."""
+        from mixerlab.report.robustness import read_eval
+
+        return read_eval(self.run_dir)
+
+    @cached_property
+    def erf_record(self) -> dict | None:
+        """The run's erf/erf.json with its map files (mixerlab.report.robustness.read_erf), read once."""
+        from mixerlab.report.robustness import read_erf
+
+        return read_erf(self.run_dir)
+
+    @cached_property
     def config_key(self) -> str | None:
         """``config`` as one comparable string: runs with equal keys are seeds of one configuration."""
         return None if self.config is None else json.dumps(self.config, sort_keys=True, default=str)

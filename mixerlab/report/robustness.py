@@ -4,6 +4,9 @@ their plot, clean against shifted top-1, lives with the other figures in plots.p
 - a table: per configuration (runs differing only in their seed), top-1 on the clean set and on every
   shifted set any run was evaluated on, mean ± std over seeds; -C sets add their (m)CE;
 - the effective-receptive-field gallery: each configuration's maps (first seed that has them) side by side.
+
+Both files are read once per run and report (:attr:`RunRecord.eval_sets`, :attr:`RunRecord.erf_record`):
+a damaged one is said in one warning line naming it, and left out; the report never writes into a run.
 """
 
 from __future__ import annotations
@@ -20,17 +23,36 @@ CLEAN = "clean"
 
 
 def read_eval(run_dir: Path) -> dict:
-    """The run's evaluated sets; a damaged eval.json is said in one warning line and left out."""
+    """The run's evaluated sets (those with a top-1); a damaged eval.json is said in one warning line and
+    left out."""
     record = read_derived_json(Path(run_dir) / "eval.json", "evaluation record",
                                "its sets are left out of the report; move it aside and run eval.py again "
                                "for each set") or {}
     sets = record.get("sets")
-    return sets if isinstance(sets, dict) else {}
+    if not isinstance(sets, dict):
+        return {}
+    return {name: entry for name, entry in sets.items()
+            if isinstance(entry, dict) and isinstance(entry.get("top1"), int | float)}
+
+
+def read_erf(run_dir: Path) -> dict | None:
+    """The run's ``erf/erf.json`` with its layers' map files as ``{layer: png path}`` (``files``), those that
+    exist; ``None`` if it has none, or a damaged one (said in one warning line)."""
+    erf_dir = Path(run_dir) / "erf"
+    record = read_derived_json(erf_dir / "erf.json", "ERF record", "its maps are left out of the report; "
+                               "run eval.py erf.layers=[...] again")
+    if record is None:
+        return None
+    files = record.get("files") if isinstance(record.get("files"), dict) else {}
+    layers = record.get("layers") if isinstance(record.get("layers"), list) else []
+    pngs = {layer: erf_dir / str(files[str(layer)]) for layer in layers if str(layer) in files}
+    shares = record.get("centre_patch_share") if isinstance(record.get("centre_patch_share"), dict) else {}
+    return {**record, "files": {k: p for k, p in pngs.items() if p.is_file()}, "centre_patch_share": shares}
 
 
 def eval_sets_of(groups) -> list[str]:
     """Every set any run was evaluated on, the clean one first."""
-    names = {name for group in groups for run in group.runs for name in read_eval(run.run_dir)}
+    names = {name for group in groups for run in group.runs for name in run.eval_sets}
     return sorted(names, key=lambda n: (n != CLEAN, n))
 
 
@@ -56,13 +78,13 @@ def robustness_rows(groups) -> tuple[list[str], list[list[str]]]:
     heads = ["configuration"]
     for name in sets:
         heads.append(f"{name} top-1 %")
-        entries = [read_eval(r.run_dir).get(name, {}) for g in groups for r in g.runs]
+        entries = [r.eval_sets.get(name, {}) for g in groups for r in g.runs]
         score = next((s for e in entries if (s := corruption_score(e))), None)
         if score:
             heads.append(f"{name} {score[0]}")
     rows = []
     for group in groups:
-        evals = [read_eval(r.run_dir) for r in group.runs]
+        evals = [r.eval_sets for r in group.runs]
         if not any(evals):
             continue
         row = [group.label]
@@ -105,22 +127,18 @@ def erf_gallery_html(groups) -> str | None:
     rows = []
     for group in groups:
         for run in group.runs:
-            erf_dir = Path(run.run_dir) / "erf"
-            record = read_derived_json(erf_dir / "erf.json", "ERF record", "its maps are left out of the "
-                                       "report; run eval.py erf.layers=[...] again")
+            record = run.erf_record
             if record is None:
                 continue
             images = []
-            for layer in record.get("layers", []):
-                png = erf_dir / record["files"][str(layer)]
-                if png.is_file():
-                    data = base64.b64encode(png.read_bytes()).decode()
-                    share = record.get("centre_patch_share", {}).get(str(layer))
-                    caption = f"block {layer}" + ("" if share is None or not math.isfinite(share)
-                                                  else f" · centre patch {100 * share:.0f}%")
-                    images.append(f'<figure class="erf"><img alt="{html.escape(group.label)} block {layer}" '
-                                  f'src="data:image/png;base64,{data}"><figcaption>{caption}</figcaption>'
-                                  "</figure>")
+            for layer, png in record["files"].items():
+                data = base64.b64encode(png.read_bytes()).decode()
+                share = record["centre_patch_share"].get(str(layer))
+                shown = isinstance(share, int | float) and math.isfinite(share)
+                caption = f"block {layer}" + (f" · centre patch {100 * share:.0f}%" if shown else "")
+                images.append(f'<figure class="erf"><img alt="{html.escape(group.label)} block {layer}" '
+                              f'src="data:image/png;base64,{data}"><figcaption>{caption}</figcaption>'
+                              "</figure>")
             if images:
                 rows.append(f'<div class="erf-row" data-config="{html.escape(group.label)}"><h3>'
                             f"{html.escape(group.label)}</h3>" + "".join(images) + "</div>")
@@ -138,7 +156,7 @@ def erf_markdown(groups, out_dir: Path) -> list[str]:
     lines = []
     for group in groups:
         for run in group.runs:
-            pngs = sorted((Path(run.run_dir) / "erf").glob("layer*.png"))
+            pngs = list((run.erf_record or {}).get("files", {}).values())
             if pngs:
                 links = " ".join(f"![{group.label} {p.stem}]({Path(os.path.relpath(p, out_dir)).as_posix()})"
                                  for p in pngs)
