@@ -40,6 +40,9 @@ PRESETS = [
     "convformer_s18",
     "caformer_s18",
     "tnt_s_patch16_224",
+    "sgformer_s",
+    "sgformer_m",
+    "sgformer_b",
 ]
 
 EXACT_PARAMS = {
@@ -62,6 +65,9 @@ EXACT_PARAMS = {
     "convformer_s18": 26_774_448,
     "caformer_s18": 26_341_656,
     "tnt_s_patch16_224": 23_768_584,  # timm.create_model(name) (tests/test_tnt.py: identical logits)
+    "sgformer_s": 22_545_981,  # the official sgformer_s, sgformer_m, sgformer_b modules, built
+    "sgformer_m": 38_689_316,
+    "sgformer_b": 77_950_293,
 }
 APPROX_PARAMS = {  # reported to 3-4 significant digits: within 0.5%
     "deit_base": 86.57e6,
