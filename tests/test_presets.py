@@ -97,6 +97,9 @@ GMACS = {  # forward, per image; the spectral models' FFTs are counted analytica
     "convformer_s18": 3.9,
     "caformer_s18": 4.1,
     "tnt_s_patch16_224": 5.2,  # the paper's Table ("FLOPs" 5.2B: multiply-adds)
+    "sgformer_s": 4.8,  # as later papers' comparison tables give them (the paper's own table unread)
+    "sgformer_m": 7.5,
+    "sgformer_b": 15.6,
 }
 
 

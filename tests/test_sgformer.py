@@ -168,9 +168,12 @@ def test_hybrid_scale_attention_and_its_significance_map_match_a_naive_computati
 def test_each_hybrid_blocks_map_reaches_the_next_block_and_drives_it():
     model = sgformer().eval()
     received, returned = {}, {}
+
+    def keep(i: int, inputs: tuple, out: tuple) -> None:  # the map in and the map out of block i
+        received[i], returned[i] = inputs[0], out[0]
+
     for i, block in enumerate(model.blocks):
-        block.register_forward_hook(lambda _m, inputs, out, i=i: (received.__setitem__(i, inputs[0]),
-                                                                  returned.__setitem__(i, out[0])))
+        block.register_forward_hook(lambda _m, inputs, out, i=i: keep(i, inputs, out))
     model(torch.randn(2, 1, 16, 16))
     kinds = [type(block.mixer) for block in model.blocks]
     assert kinds == [HybridScaleAttention, SelfGuidedAttention] * 2 + [PlainAttention] * 2
@@ -235,6 +238,7 @@ RUN = ("backbone=sgformer", "trainer.max_epochs=1", "+trainer.limit_train_batche
 ENV = {"OMP_NUM_THREADS": "1"}
 
 
+@pytest.mark.slow
 def test_sgformer_trains_on_digits_resumes_exactly_and_evaluates(tmp_path):
     """A short run; the same run SIGKILLed after its step-2 checkpoint and re-run ends with the same weights;
     its checkpoint loads back (raw and EMA) and eval.py scores the EMA weights as the run did."""
