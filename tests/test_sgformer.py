@@ -271,3 +271,22 @@ def test_sgformer_trains_on_digits_resumes_exactly_and_evaluates(tmp_path):
     evaluate_in_process(f"run={ref_dir}")
     clean = json.loads((ref_dir / "eval.json").read_text())["sets"]["clean"]
     assert clean["top1"] == pytest.approx(ref["top1_ema"], abs=0.01)
+
+
+def test_receptive_fields_read_the_tokens_each_block_hands_on():
+    """The ERF hooks take a block's last output as its tokens: the map goes first, so they get tokens."""
+    from mixerlab.erf import effective_receptive_fields
+
+    maps = effective_receptive_fields(sgformer().eval(), torch.randn(2, 1, 16, 16), [0, -1])
+    assert maps[0].shape == maps[5].shape == (16, 16)
+    assert maps[0].max() > 0 and maps[5].min() > 0  # the last block (2x2 grid, global MHSA) sees every pixel
+
+
+def test_layer_decay_puts_the_stem_first_and_each_stage_norm_with_its_last_block():
+    from mixerlab.recipe import layer_decay_scales
+
+    scales = layer_decay_scales(sgformer(), 0.5)
+    assert scales["pos_embed"] == scales["stem.conv.0.0.weight"] == min(scales.values())
+    assert (scales["stages.0.blocks.3.mixer.merge.0.weight"] == scales["stages.0.norm.weight"]
+            < scales["stages.1.downsample.conv1.0.weight"] < scales["stages.1.blocks.1.mlp.fc2.weight"])
+    assert scales["head.weight"] == 1.0
