@@ -47,6 +47,9 @@ MAE's 2-D sin-cos and trainable) and weight decay (the position embedding is dec
 * the self-guided and plain attentions run SDPA; the hybrid-scale one keeps an explicit softmax, whose
   probabilities the map is made of.
 
+With the official state dicts renamed into ours (by hand: no ``init.checkpoint`` source reads them yet), the
+official S, M and B modules' logits are reproduced to 1e-15 in float64.
+
 SG-Former's attention is its own in every block (the map ties consecutive blocks together), so the run's
 ``mixer=`` has no slot here: it must stay ``attention``.
 """
