@@ -43,12 +43,12 @@ MAE's 2-D sin-cos and trainable) and weight decay (the position embedding is dec
   stage's first block); here that block is hybrid-scale and replaces the map;
 * no attention-dropout option (the official presets use none); parameter names are ours (``reduce`` and
   ``reduce_norm`` are its ``sr`` and ``norm``, ``merge.k`` its ``f{k+1}``, ``lepe.linear`` / ``lepe.conv`` its
-  ``lepe_linear`` / ``lepe_conv``);
+  ``lepe_linear`` / ``lepe_conv``: ``init.checkpoint`` renames an official file);
 * the self-guided and plain attentions run SDPA; the hybrid-scale one keeps an explicit softmax, whose
   probabilities the map is made of.
 
-With the official state dicts renamed into ours (by hand: no ``init.checkpoint`` source reads them yet), the
-official S, M and B modules' logits are reproduced to 1e-15 in float64.
+The official files load through ``init.checkpoint`` (source ``sgformer`` in mixerlab/pretrained.py renames
+them); with the official S, M and B modules' state dicts, their logits are reproduced to 1e-15 in float64.
 
 SG-Former's attention is its own in every block (the map ties consecutive blocks together), so the run's
 ``mixer=`` has no slot here: it must stay ``attention``.

@@ -17,7 +17,7 @@ from torch import nn
 from mixerlab.build import build_backbone, compose_config
 from mixerlab.costs import count_parameters
 from mixerlab.errors import ConfigError
-from mixerlab.pretrained import load_pretrained
+from mixerlab.pretrained import apply_init, load_pretrained
 from mixerlab.sgformer import (
     HybridScaleAttention,
     PlainAttention,
@@ -290,3 +290,39 @@ def test_layer_decay_puts_the_stem_first_and_each_stage_norm_with_its_last_block
     assert (scales["stages.0.blocks.3.mixer.merge.0.weight"] == scales["stages.0.norm.weight"]
             < scales["stages.1.downsample.conv1.0.weight"] < scales["stages.1.blocks.1.mlp.fc2.weight"])
     assert scales["head.weight"] == 1.0
+
+
+def official_name(key: str) -> str:
+    """Our state-dict key -> the official sgformer.py's (its module names, stages counted from 1)."""
+    key = re.sub(r"^stem\.norm\.", "patch_embed1.norm.", key)
+    key = re.sub(r"^stem\.conv\.(\d)\.0\.", r"patch_embed1.conv.\1.c.", key)
+    key = re.sub(r"^stem\.conv\.(\d)\.1\.", r"patch_embed1.conv.\1.bn.", key)
+    for part, name in (("0", "c"), ("1", "bn")):  # Conv2d_BN's conv and norm
+        key = re.sub(rf"^stages\.(\d)\.downsample\.(conv\d)\.{part}\.",
+                     lambda m, name=name: f"patch_embed{int(m[1]) + 1}.{m[2]}.{name}.", key)
+    key = re.sub(r"^stages\.(\d)\.norm\.", lambda m: f"norm{int(m[1]) + 1}.", key)
+    key = re.sub(r"^stages\.(\d)\.blocks\.", lambda m: f"block{int(m[1]) + 1}.", key)
+    for ours, theirs in ((".mixer.reduce.", ".attn.sr."), (".mixer.reduce_norm.", ".attn.norm."),
+                         (".mixer.lepe.linear.", ".attn.lepe_linear."),
+                         (".mixer.lepe.conv.", ".attn.lepe_conv."),
+                         (".mlp.dwconv.", ".mlp.dwconv.dwconv."), (".mixer.", ".attn.")):
+        key = key.replace(ours, theirs)
+    return re.sub(r"\.attn\.merge\.(\d)\.", lambda m: f".attn.f{int(m[1]) + 1}.", key)
+
+
+def test_an_official_sgformer_state_dict_loads_through_init_checkpoint(tmp_path):
+    """A state dict under the official module names (``block1.1.attn.f1.weight``, ``patch_embed2.conv2.bn``)
+    loads into every tensor of ours: source ``sgformer``, nothing left initialised or ignored."""
+    source = sgformer(seed=0)
+    state = {official_name(k): v for k, v in source.state_dict().items()}
+    assert {"block1.1.attn.f2.bias", "block1.0.attn.sr.weight", "patch_embed2.conv2.bn.weight",
+            "norm2.weight", "block2.0.mlp.dwconv.dwconv.weight", "patch_embed1.conv.4.c.weight"} <= set(state)
+    torch.save({"model": state}, tmp_path / "official.pth")
+    cfg = compose_config(["backbone=sgformer", f"init.checkpoint={tmp_path / 'official.pth'}"])
+    torch.manual_seed(1)
+    model = build_backbone(cfg)
+    report = apply_init(cfg.init, model)
+    assert report["source"] == "sgformer"
+    assert not report["initialised"] and not report["ignored"] and not report["resampled"]
+    for key, value in source.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
