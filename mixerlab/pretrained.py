@@ -27,7 +27,8 @@ attention; a mixerlab checkpoint records its blocks' families (``mixer_families`
 Sources: ``mixerlab`` (our checkpoints), ``timm_tnt`` (timm's TNT, ``tnt_*``: its outer ``attn_out`` is
 the block's mixer, ``qk`` and ``v`` fused into ``qkv``), ``timm_convit`` (timm's ConViT, ``convit_*``: GPSA
 blocks hold ``gating_param``, the later blocks ConViT's MHSA; the position embedding covers the patches
-only) and ``timm_vit`` (timm's VisionTransformer, ``vit_*``/``deit_*``, and DeiT's files). Adding a source
+only), ``sgformer`` (the official SG-Former's files, renamed into mixerlab/sgformer.py's names) and
+``timm_vit`` (timm's VisionTransformer, ``vit_*``/``deit_*``, and DeiT's files). Adding a source
 architecture is one :class:`Source` in ``SOURCES``, listed before any source whose signature its files also
 match (ConViT's MHSA blocks carry ``attn.qkv.weight``, timm_vit's signature, so ConViT comes first). A test
 builds the timm model with random init, saves its state dict and asserts identical logits in the preset.
@@ -164,6 +165,23 @@ SOURCES: tuple[Source, ...] = (
         ),
         pos_prefix=(),  # its position embedding is patch_pos, loaded as is
         rewrite=lambda state: _fused_qkv(state, r"^blocks\.\d+\.mixer\."),
+    ),
+    Source(
+        name="sgformer",  # the official SG-Former (OliverRensu/SG-Former sgformer_*; mixerlab/sgformer.py)
+        signature=r"^block\d+\.\d+\.attn\.lepe_linear\.weight$",
+        renames=(
+            *((rf"^block{s + 1}\.", f"stages.{s}.blocks.") for s in range(4)),  # its four stages, 1-based
+            *((rf"^patch_embed{s + 1}\.", f"stages.{s}.downsample.") for s in range(1, 4)),
+            *((rf"^norm{s + 1}\.", f"stages.{s}.norm.") for s in range(4)),
+            (r"^patch_embed1\.", "stem."),
+            (r"\.c\.", ".0."), (r"\.bn\.", ".1."),  # Conv2d_BN's conv and (group) norm
+            (r"\.attn\.sr\.", ".mixer.reduce."), (r"\.attn\.norm\.", ".mixer.reduce_norm."),
+            (r"\.attn\.f1\.", ".mixer.merge.0."), (r"\.attn\.f2\.", ".mixer.merge.1."),
+            (r"\.attn\.f3\.", ".mixer.merge.2."),
+            (r"\.attn\.lepe_linear\.", ".mixer.lepe.linear."), (r"\.attn\.lepe_conv\.", ".mixer.lepe.conv."),
+            (r"\.attn\.", ".mixer."), (r"\.mlp\.dwconv\.dwconv\.", ".mlp.dwconv."),
+        ),
+        pos_prefix=(),  # its position embedding covers the stem's grid alone
     ),
     Source(
         name="timm_metaformer",  # timm MetaFormer: poolformer_*, poolformerv2_*, convformer_*, caformer_*

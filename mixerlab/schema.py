@@ -206,6 +206,8 @@ KEY_RULES: dict[str, Rule] = {
     "backbone.stages.*.depth": POSITIVE,
     "backbone.stages.*.dim": POSITIVE,
     "backbone.classifier": Choice("mixerlab.metaformer.CLASSIFIERS"),
+    "backbone.window": POSITIVE,  # SG-Former (mixerlab/sgformer.py)
+    "backbone.stages.*.sr_ratio": POSITIVE,
     "backbone.**.res_scale": Number(gt=0, null=True),
     "backbone.**.layer_scale": Number(gt=0, null=True),
     # recipe (mixerlab/recipe.py)
@@ -306,7 +308,9 @@ NODE_KEYS: dict[str, tuple | None] = {
     "sweep": ("name", "report"),
     "backbone.schedule.*": ("layers", "mixer", "block"),
     "backbone.schedule.*.block": "mixerlab.backbone.BlockSpec",
-    "backbone.stages.*": ("depth", "dim", "mixer", "mixer_options", "block"),  # metaformer.STAGE_KEYS
+    # metaformer.STAGE_KEYS and sgformer.STAGE_KEYS: each backbone refuses the keys only the other takes
+    "backbone.stages.*": ("depth", "dim", "mixer", "mixer_options", "block",
+                          "num_heads", "sr_ratio", "merge"),
     "backbone.stages.*.block": "mixerlab.metaformer.StageBlock",
 }
 

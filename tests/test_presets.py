@@ -41,6 +41,9 @@ PRESETS = [
     "caformer_s18",
     "hpx_a_former_s18",
     "tnt_s_patch16_224",
+    "sgformer_s",
+    "sgformer_m",
+    "sgformer_b",
 ]
 
 EXACT_PARAMS = {
@@ -64,6 +67,9 @@ EXACT_PARAMS = {
     "caformer_s18": 26_341_656,
     "hpx_a_former_s18": 27_928_674,  # the official model, frozen distance maps counted (MIXERS-III s6)
     "tnt_s_patch16_224": 23_768_584,  # timm.create_model(name) (tests/test_tnt.py: identical logits)
+    "sgformer_s": 22_545_981,  # the official sgformer_s, sgformer_m, sgformer_b modules, built
+    "sgformer_m": 38_689_316,
+    "sgformer_b": 77_950_293,
 }
 APPROX_PARAMS = {  # reported to 3-4 significant digits: within 0.5%
     "deit_base": 86.57e6,
@@ -93,6 +99,9 @@ GMACS = {  # forward, per image; the spectral models' FFTs are counted analytica
     "convformer_s18": 3.9,
     "caformer_s18": 4.1,
     "tnt_s_patch16_224": 5.2,  # the paper's Table ("FLOPs" 5.2B: multiply-adds)
+    "sgformer_s": 4.8,  # as later papers' comparison tables give them (the paper's own table unread)
+    "sgformer_m": 7.5,
+    "sgformer_b": 15.6,
 }
 
 
