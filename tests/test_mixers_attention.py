@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import signal
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -129,16 +130,19 @@ ENV = {"OMP_NUM_THREADS": "1"}
 
 
 def test_ssa_run_killed_twice_resumes_to_the_same_weights_and_the_last_epoch_is_dense(tmp_path):
-    _, ref = run_train(tmp_path / "ref", *SSA_RUN, env=ENV)
+    # the uninterrupted reference trains on the other core while this thread kills and resumes (1 thread each)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        reference = pool.submit(run_train, tmp_path / "ref", *SSA_RUN, env=ENV)
+        run_dir = tmp_path / "run"
+        for step in (3, 9):  # inside the SSA epoch, then inside the dense epoch (resumes from step 8)
+            proc, _ = run_train(run_dir, *SSA_RUN, "+callbacks.kill._target_=tests.faults.KillAt",
+                                f"+callbacks.kill.step={step}", "+callbacks.kill.hook=batch_start",
+                                check=False, env=ENV)
+            assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+        _, summary = run_train(run_dir, *SSA_RUN, env=ENV)
+        _, ref = reference.result()
     state = torch.load(tmp_path / "ref" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     counters = {k: int(v) for k, v in state.items() if k.endswith("ssa_step") and not k.startswith("ema")}
     assert len(counters) == 4 and set(counters.values()) == {6}, "SSA in epoch 0 only (6 steps)"
-    run_dir = tmp_path / "run"
-    for step in (3, 9):  # inside the SSA epoch, then inside the dense epoch (resumes from step 8)
-        proc, _ = run_train(run_dir, *SSA_RUN, "+callbacks.kill._target_=tests.faults.KillAt",
-                            f"+callbacks.kill.step={step}", "+callbacks.kill.hook=batch_start",
-                            check=False, env=ENV)
-        assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
-    _, summary = run_train(run_dir, *SSA_RUN, env=ENV)
     assert summary["steps"] == ref["steps"] == 12
     assert summary["weights_sha256"] == ref["weights_sha256"]

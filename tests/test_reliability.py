@@ -10,6 +10,7 @@ training (tests/report_data.py).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -162,16 +163,24 @@ def run_through_a_full_disk_a_kill_and_a_damaged_checkpoint(mount: Path) -> tupl
 
 def sweep_killed_at_a_random_point_then_rerun(cwd: Path) -> SimpleNamespace:
     """``train.py -m seed=0 ...`` SIGKILLed at a random moment between its first checkpoint and the job's
-    end, then the same command again. A JSON file left half-written by the kill fails this at once."""
+    end, then the same command again. A JSON file left half-written by the kill fails this at once.
+
+    The moment is drawn in steps, not seconds, so that it falls inside the job at any machine speed: a
+    random one of the first six periodic checkpoints (steps 5-30 of 44), then up to 50 ms more."""
     cmd = [sys.executable, str(REPO / "train.py"), "-m", "seed=0", *RUN, "sweep.report=false"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB")} | ENV
+    seed = random.randrange(1 << 30)
+    draw = random.Random(seed)
+    checkpoints, delay = draw.randint(1, 6), draw.uniform(0.0, 0.05)
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
-    while not list(cwd.glob("runs/sweeps/*/*/checkpoints/last.ckpt")) and proc.poll() is None \
-            and time.monotonic() < deadline:
-        time.sleep(0.05)
-    seed = random.randrange(1 << 30)
-    time.sleep(random.Random(seed).uniform(0.0, 1.0))  # between the first checkpoint and the job's end
+    seen: set[int] = set()
+    while len(seen) < checkpoints and proc.poll() is None and time.monotonic() < deadline:
+        for last in cwd.glob("runs/sweeps/*/*/checkpoints/last.ckpt"):
+            with contextlib.suppress(FileNotFoundError):
+                seen.add(last.stat().st_mtime_ns)  # each periodic save replaces the file: a new mtime
+        time.sleep(0.005)
+    time.sleep(delay)
     proc.kill()
     outcome = SimpleNamespace(seed=seed, killed=proc.wait(), cwd=cwd)
     if outcome.killed != -9:

@@ -6,6 +6,7 @@ import csv
 import json
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -62,7 +63,9 @@ def test_default_training_beats_chance_and_writes_a_complete_run_directory(train
 
 
 def test_same_seed_gives_the_same_weights_and_another_seed_does_not(train_run):
-    runs = [train_run("trainer.max_steps=12", f"seed={seed}")[1] for seed in (3, 3, 4)]
+    with ThreadPoolExecutor(max_workers=3) as pool:  # three processes at once: mostly start-up time
+        done = pool.map(lambda seed: train_run("trainer.max_steps=12", f"seed={seed}"), (3, 3, 4))
+        runs = [summary for _, summary in done]
     assert runs[0]["weights_sha256"] == runs[1]["weights_sha256"]
     assert runs[0]["weights_sha256"] != runs[2]["weights_sha256"]
 
@@ -79,9 +82,11 @@ def test_constant_decay_holds_the_peak_lr_where_cosine_decays_it(train_run):
         with open(Path(summary["run_dir"]) / "metrics.csv") as f:
             return summary["lr"], [float(row["lr"]) for row in csv.DictReader(f) if row.get("lr")]
 
-    peak, constant = lrs("recipe.decay=constant")
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        held, decayed = pool.submit(lrs, "recipe.decay=constant"), pool.submit(lrs)
+        (peak, constant), (peak_cosine, cosine) = held.result(), decayed.result()
     assert constant == [pytest.approx(peak)] * 2
-    peak, cosine = lrs()
+    peak = peak_cosine
     assert cosine[0] < peak and cosine[1] == pytest.approx(1e-5)  # recipe.min_lr at the last step
 
 
