@@ -68,6 +68,28 @@ def mixers_no_weight_decay(model: nn.Module, names: set[str]) -> set[str]:
             names |= {f"{module_name}.{n}" for n in extra()}
     return names
 
+class StagedBlocks:
+    """Per-block views of a hierarchical backbone whose ``stages`` each hold ``blocks`` and a ``layout``
+    (the MetaFormer, SG-Former): what per-block tools read (pretrained loading, the ERF, checkpoints'
+    mixer families), in one place for every staged layout."""
+
+    stages: nn.ModuleList
+
+    @property
+    def blocks(self) -> list[nn.Module]:
+        """Every block, stage by stage (per-block tools read it: the mixer families a checkpoint records)."""
+        return [block for stage in self.stages for block in stage.blocks]
+
+    def block_prefixes(self) -> list[str]:
+        """The state-dict prefix of each block in :attr:`blocks` order (mixerlab/pretrained.py)."""
+        return [f"stages.{i}.blocks.{j}" for i, stage in enumerate(self.stages)
+                for j in range(len(stage.blocks))]
+
+    def block_layouts(self) -> list[TokenLayout]:
+        """Each block's token layout in :attr:`blocks` order (its stage's grid; the ERF's centre token)."""
+        return [stage.layout for stage in self.stages for _ in stage.blocks]
+
+
 @dataclass(frozen=True)
 class BlockSpec:
     """How one block wires its mixer and its feature MLP.

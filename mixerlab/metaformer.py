@@ -42,7 +42,13 @@ from timm.layers import DropPath, Mlp, trunc_normal_
 from timm.models.metaformer import MlpHead, Scale, StarReLU
 from torch import nn
 
-from mixerlab.backbone import MixerFactory, TokenGroupNorm, block_options, mixers_no_weight_decay
+from mixerlab.backbone import (
+    MixerFactory,
+    StagedBlocks,
+    TokenGroupNorm,
+    block_options,
+    mixers_no_weight_decay,
+)
 from mixerlab.errors import ConfigError
 from mixers.contract import TokenLayout
 
@@ -177,7 +183,7 @@ def stage_mixer_name(factory: MixerFactory) -> str:
     return getattr(func, "__name__", type(func).__name__)
 
 
-class MetaFormer(nn.Module):
+class MetaFormer(StagedBlocks, nn.Module):
     def __init__(
         self,
         mixer: MixerFactory,
@@ -289,20 +295,6 @@ class MetaFormer(nn.Module):
             trunc_normal_(m.weight, std=0.02)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-
-    @property
-    def blocks(self) -> list[MetaFormerBlock]:
-        """Every block, stage by stage (per-block tools read it: the mixer families a checkpoint records)."""
-        return [block for stage in self.stages for block in stage.blocks]
-
-    def block_prefixes(self) -> list[str]:
-        """The state-dict prefix of each block in :attr:`blocks` order (mixerlab/pretrained.py)."""
-        return [f"stages.{i}.blocks.{j}" for i, stage in enumerate(self.stages)
-                for j in range(len(stage.blocks))]
-
-    def block_layouts(self) -> list[TokenLayout]:
-        """Each block's token layout in :attr:`blocks` order (its stage's grid; the ERF's centre token)."""
-        return [stage.layout for stage in self.stages for _ in stage.blocks]
 
     def no_weight_decay(self) -> set[str]:
         """Mixers' own names kept out of weight decay (every 1-D parameter already is: norms, scales)."""

@@ -64,7 +64,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath, trunc_normal_
 from torch import nn
 
-from mixerlab.backbone import MixerFactory, classifier_head, mixers_no_weight_decay, read_out
+from mixerlab.backbone import MixerFactory, StagedBlocks, classifier_head, mixers_no_weight_decay, read_out
 from mixerlab.errors import ConfigError
 from mixers.contract import TokenLayout
 
@@ -376,7 +376,7 @@ def merge_slices(merge: object, num_tokens: int, key: str) -> list[tuple[int, in
     return slices
 
 
-class SGFormer(nn.Module):
+class SGFormer(StagedBlocks, nn.Module):
     def __init__(
         self,
         mixer: MixerFactory,
@@ -504,20 +504,6 @@ class SGFormer(nn.Module):
             nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-
-    @property
-    def blocks(self) -> list[SGBlock]:
-        """Every block, stage by stage (per-block tools read it: the mixer families a checkpoint records)."""
-        return [block for stage in self.stages for block in stage.blocks]
-
-    def block_prefixes(self) -> list[str]:
-        """The state-dict prefix of each block in :attr:`blocks` order (mixerlab/pretrained.py)."""
-        return [f"stages.{i}.blocks.{j}" for i, stage in enumerate(self.stages)
-                for j in range(len(stage.blocks))]
-
-    def block_layouts(self) -> list[TokenLayout]:
-        """Each block's token layout in :attr:`blocks` order (its stage's grid; the ERF's centre token)."""
-        return [stage.layout for stage in self.stages for _ in stage.blocks]
 
     def no_weight_decay(self) -> set[str]:
         """Only mixers' own names: the position embedding is decayed, as in the official training (its
