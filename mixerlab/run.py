@@ -34,34 +34,22 @@ SUMMARY_FIX = ("read as missing: the same command run again resumes from the run
 def atomic_write_text(path: Path, text: str) -> None:
     """Write through a temporary file in the same directory and rename: readers never see half a file, and
     on a full disk the old file stays as it was (:class:`~mixerlab.errors.DiskFullError` names ``path``)."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as error:
-        raise (disk_full(error, path) or error) from None
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as error:
-        Path(tmp).unlink(missing_ok=True)
-        full = disk_full(error, path)
-        if full is not None:
-            raise full from None
-        raise
+    with atomic_path(path, tmp_suffix=".tmp") as tmp, open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 @contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary path beside ``path`` to write to (it ends in ``path``'s suffix: writers such as
-    matplotlib and numpy choose the format from it), renamed over ``path`` when the block ends. On an error
-    it is removed and ``path`` stays as it was; a full disk is a :class:`~mixerlab.errors.DiskFullError`
-    naming ``path``."""
+def atomic_path(path: Path, tmp_suffix: str | None = None) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write to, renamed over ``path`` when the block ends. It ends in
+    ``tmp_suffix``, by default ``.tmp`` plus ``path``'s suffix (writers such as matplotlib and numpy choose
+    the format from it). On an error it is removed and ``path`` stays as it was; a full disk is a
+    :class:`~mixerlab.errors.DiskFullError` naming ``path``."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
+        suffix = f".tmp{path.suffix}" if tmp_suffix is None else tmp_suffix
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
         os.close(fd)
     except OSError as error:
         raise (disk_full(error, path) or error) from None
