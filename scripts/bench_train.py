@@ -265,12 +265,19 @@ def peak_tflops(device: torch.device, override: float | None) -> tuple[float | N
 
 
 # ------------------------------------------------------------------------------------------ ours vs timm
+def synthetic_batch(cfg: DictConfig, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batch of the configured shape (``data.batch_size`` images and labels), drawn after seeding torch
+    with ``cfg.seed``: every comparison times its models on the same tensors."""
+    d = cfg.data
+    torch.manual_seed(cfg.seed)
+    images = torch.randn(d.batch_size, d.in_chans, d.img_size, d.img_size, device=device)
+    return images, torch.randint(0, d.num_classes, (d.batch_size,), device=device)
+
+
 def model_vs_timm(cfg: DictConfig, args, device: torch.device, report: dict) -> None:
     d = cfg.data
     batch = d.batch_size
-    torch.manual_seed(cfg.seed)
-    images = torch.randn(batch, d.in_chans, d.img_size, d.img_size, device=device)
-    targets = torch.randint(0, d.num_classes, (batch,), device=device)
+    images, targets = synthetic_batch(cfg, device)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=float(cfg.recipe.get("label_smoothing", 0.0)))
     lr = float(cfg.recipe.lr)
     precision = str(cfg.trainer.precision)
@@ -534,11 +541,7 @@ def full_run_vs_step(cfg: DictConfig, args, device: torch.device, report: dict) 
     """
     from mixerlab.training import train as train_run
 
-    d = cfg.data
-    batch = d.batch_size
-    torch.manual_seed(cfg.seed)
-    images = torch.randn(batch, d.in_chans, d.img_size, d.img_size, device=device)
-    targets = torch.randint(0, d.num_classes, (batch,), device=device)
+    images, targets = synthetic_batch(cfg, device)
     backbone = build_backbone(cfg).to(device)
     recipe = build_recipe(cfg, backbone)
     workers = build_datamodule(cfg).num_workers
@@ -602,10 +605,7 @@ def precision_vs_configured(cfg: DictConfig, args, device: torch.device, report:
     """
     import copy
 
-    d = cfg.data
-    torch.manual_seed(cfg.seed)
-    images = torch.randn(d.batch_size, d.in_chans, d.img_size, d.img_size, device=device)
-    targets = torch.randint(0, d.num_classes, (d.batch_size,), device=device)
+    images, targets = synthetic_batch(cfg, device)
     backbone = build_backbone(cfg).to(device)
     recipe = build_recipe(cfg, backbone)
     applied = apply_fast_path(cfg.get("fastpath"), backbone, num_workers=0)
