@@ -35,11 +35,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from mixerlab.stats import compare, holm, seed_unstable, summarize
+from mixerlab.stats import compare, holm, learned_floor, seed_unstable, summarize
 
 MODES = ("max", "min")
 RECORD_NAME = "until_separated.json"
-LEARNED_MARGIN = 0.10  # learned = above chance + 10% of the way to 100% (the report's rule without a control)
 
 
 @dataclass(frozen=True)
@@ -101,8 +100,7 @@ class SeedRule:
         known = isinstance(num_classes, int) and not isinstance(num_classes, bool) and num_classes > 1
         if not (self.metric == "top1" and self.mode == "max" and known):
             return None
-        chance = 100.0 / num_classes
-        return chance + LEARNED_MARGIN * (100.0 - chance)
+        return learned_floor(100.0 / num_classes)
 
     @property
     def max_looks(self) -> int:

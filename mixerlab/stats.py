@@ -188,6 +188,15 @@ def seeds_to_separate(a: Sequence[float], b: Sequence[float], alpha: float = ALP
     return None
 
 
+LEARNED_MARGIN = 0.10  # without a control run: learned = above chance + 10% of the way to 100%
+
+
+def learned_floor(chance: float) -> float:
+    """The lowest top-1 (%) that counts as having learned a task whose chance is ``chance`` (%): chance +
+    10% of (100 − chance), whatever a control's bound says (the report and the adaptive sweeper)."""
+    return chance + LEARNED_MARGIN * (100.0 - chance)
+
+
 def learned_mask(values: Sequence[float], threshold: float) -> list[bool]:
     """Which seeds learned the task: strictly above ``threshold`` (a control's upper bound, or chance plus a
     margin)."""

@@ -26,7 +26,6 @@ from mixerlab.sweep import SEED_KEY
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 IDENTITY = "identity"  # the mixer that mixes no tokens: the control a learned seed must beat
-LEARNED_MARGIN = 0.10  # without an identity run: learned = above chance + 10% of the way to 100%
 SEEDS_SHOWN = 10  # "seeds to separate" above this prints as ">10" (the adaptive sweep's usual cap)
 METHODS = {
     "interval": "Student t interval of the mean over seeds (honest at n = 2-10; a bootstrap of so few "
@@ -248,7 +247,7 @@ def _threshold(task: Task, cells: list[ConfigCell]) -> tuple[float | None, str |
     bound on the task, and at least chance + 10% of the way to 100%. The identity bound bounds a mean:
     with a few tightly spread identity seeds it sits a fraction of a point above chance, where single seeds
     of a mixer that learned nothing still land, so the margin over chance stays a floor."""
-    floor = None if task.chance is None else task.chance + LEARNED_MARGIN * (100.0 - task.chance)
+    floor = None if task.chance is None else stats.learned_floor(task.chance)
     floor_text = None if task.chance is None else f"chance {task.chance:.1f}% + 10% of (100 − chance)"
     controls = [c for c in cells if c.group.mixer == IDENTITY and c.summary.interval.bounded]
     if controls:
