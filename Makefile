@@ -3,8 +3,8 @@
 setup:  ## install system packages (apt) and Python packages (pip)
 	bash scripts/setup.sh
 
-test:   ## the whole test suite, as CI runs it
-	python3 -m pytest -q
+test:   ## the whole test suite, as CI runs it: one pytest worker per core, each test file on one worker
+	python3 -m pytest -q -n auto --dist loadfile
 
 test-oldest:  ## the suite on the oldest supported torch (a virtual environment; see scripts/test_torch.sh)
 	bash scripts/test_torch.sh 2.5.1 0.20.1

@@ -100,8 +100,11 @@ def test_train_py_fails_in_seconds_with_one_clear_line_per_bad_key(tmp_path):
         assert proc.returncode != 0, overrides
         assert key in output, (overrides, output[-2000:])
         assert "Traceback" not in output, output[-2000:]
-        assert elapsed < 10, (overrides, elapsed)
-        assert not (tmp_path / "summary.json").exists()
+        # before any expensive work: nothing written where the run would go, and seconds, not a run's minutes
+        # (the bound is loose because another test may share the cores)
+        run_dir = tmp_path / str(cases.index((overrides, key)))
+        assert not (run_dir / "checkpoints").exists() and not (run_dir / "summary.json").exists(), overrides
+        assert elapsed < 30, (overrides, elapsed)
 
 
 def test_model_info_validates_too():
