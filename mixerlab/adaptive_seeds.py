@@ -17,8 +17,10 @@ positive rate (shared/docs/STATISTICS.md, "Adaptive seeds": about 14% for 5 look
 Welch's test assumes roughly normal seeds; a configuration whose seeds split between not learning the task
 and learning it (bimodal: 10.4 / 69.8) breaks that. With a threshold (``learned_above``: by default the
 report's, chance + 10% of the way to 100% from the task's class count), every look marks such a
-configuration seed-unstable, says so beside each verdict it takes part in and in the reason the sweep
-stopped: its mean describes no run, and the report compares its learn rate instead.
+configuration seed-unstable (seeds at or below the threshold and seeds clear of it by the same 10%: one mode
+across the threshold's edge, such as 15.6-21.1 around 19, is not two), says so beside each verdict it takes
+part in and in the reason the sweep stopped: its mean describes no run, and the report compares its learn
+rate instead.
 
 The price is power: the last looks test at a stricter level than a single fixed-n test would. It is simple to
 state and holds for any test, which is why it was chosen over group-sequential boundaries, which assume normal
@@ -35,7 +37,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from mixerlab.stats import compare, holm, learned_floor, seed_unstable, summarize
+from mixerlab.stats import compare, holm, learned_band, learned_floor, seed_unstable, summarize
 
 MODES = ("max", "min")
 RECORD_NAME = "until_separated.json"
@@ -102,6 +104,14 @@ class SeedRule:
             return None
         return learned_floor(100.0 / num_classes)
 
+    def learned_band(self, num_classes: Any) -> float:
+        """How far above the threshold a seed must land to count as the second mode of a seed-unstable
+        configuration (:func:`mixerlab.stats.seed_unstable`): 10% of (100 - chance) when the metric is top-1
+        (%, higher better) and the class count is known, as in the report; else 0 (both sides of it)."""
+        known = isinstance(num_classes, int) and not isinstance(num_classes, bool) and num_classes > 1
+        return learned_band(100.0 / num_classes) if self.metric == "top1" and self.mode == "max" and known \
+            else 0.0
+
     @property
     def max_looks(self) -> int:
         return 1 + math.ceil((self.max_seeds - self.initial_seeds) / self.seed_step)
@@ -140,6 +150,7 @@ class Look:
     no_result: list[str] = field(default_factory=list)
     next_seeds: dict[str, list[int]] = field(default_factory=dict)
     learned_above: float | None = None
+    learned_band: float = 0.0
     unstable: dict[str, str] = field(default_factory=dict)
     stop: str | None = None
     reason: str = ""
@@ -149,15 +160,17 @@ class Look:
 
 
 def judge(number: int, tried: Mapping[str, Sequence[int]], values: Mapping[str, Sequence[float]],
-          rule: SeedRule, learned_above: float | None = None) -> Look:
+          rule: SeedRule, learned_above: float | None = None, learned_band: float = 0.0) -> Look:
     """Rank, test adjacent pairs, and decide the next seeds (or the stop) after look ``number`` (from 1).
 
     ``tried``: the seeds launched per configuration (failed ones too); ``values``: the metric of those that
     finished. A configuration with no value yet is left out of the ranking and gets no more seeds: its jobs
-    failed, and their errors are in sweep.json. ``learned_above``: a configuration with seeds on both sides
-    of it is marked seed-unstable (its pairs' verdicts and the stop reason say so)."""
+    failed, and their errors are in sweep.json. ``learned_above``: a configuration with seeds at or below it
+    and seeds above it by more than ``learned_band`` (two modes, not one across its edge) is marked
+    seed-unstable (its pairs' verdicts and the stop reason say so)."""
     look = Look(number=number, alpha=rule.alpha_per_look,
-                alpha_spent=min(rule.alpha, number * rule.alpha_per_look), learned_above=learned_above)
+                alpha_spent=min(rule.alpha, number * rule.alpha_per_look), learned_above=learned_above,
+                learned_band=learned_band)
     for label in tried:
         vals = [float(v) for v in values.get(label, [])]
         entry: dict[str, Any] = {"seeds": list(tried[label]), "values": vals, "n": len(vals)}
@@ -166,7 +179,7 @@ def judge(number: int, tried: Mapping[str, Sequence[int]], values: Mapping[str, 
             entry.update(mean=cell.mean, std=cell.std, interval=[cell.interval.low, cell.interval.high])
             if learned_above is not None:
                 entry["learned"] = sum(v > learned_above for v in vals)
-                if seed_unstable(vals, learned_above):
+                if seed_unstable(vals, learned_above, learned_band):
                     look.unstable[label] = f"learned on {entry['learned']} of {len(vals)} seeds"
         else:
             look.no_result.append(label)
@@ -206,7 +219,9 @@ def judge(number: int, tried: Mapping[str, Sequence[int]], values: Mapping[str, 
         look.reason = (f"open pair(s) {still}: their configurations reached max_seeds={rule.max_seeds}; "
                        "not separated at this cap")
     if look.stop and look.unstable:
-        look.reason += ("; seed-unstable (seeds on both sides of " + f"{learned_above:g}" + "): "
+        sides = (f"seeds on both sides of {learned_above:g}" if not learned_band else
+                 f"seeds at or below {learned_above:g} and above {learned_above + learned_band:g}")
+        look.reason += (f"; seed-unstable ({sides}): "
                         + "; ".join(f"{label} {text}" for label, text in look.unstable.items())
                         + ": a mean of such a configuration describes no run, so its verdicts rest on an "
                         "assumption its seeds break; compare how often it learns (the report's learn rates)")

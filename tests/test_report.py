@@ -253,6 +253,57 @@ def test_a_config_whose_seeds_split_between_chance_and_far_above_is_seed_unstabl
     assert report.unstable_notes()[0].startswith("mixer=nystrom on odd_one_out (10 classes) is seed-unstable")
 
 
+def _update_to(run: Path, commit: str, key_line: str | None = None) -> None:
+    """Rewrite a run as if mixerlab at ``commit`` had written it, its config with ``key_line`` added."""
+    if key_line:
+        (run / "config.yaml").write_text((run / "config.yaml").read_text() + key_line)
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "git_commit": commit}))
+
+
+def test_a_sweep_resumed_after_an_update_that_added_a_config_key_stays_one_configuration_per_mixer(tmp_path):
+    """Seeds 0-1 written before a key existed, seeds 2-3 after: the key splits no configuration, no pair
+    is made of it, and the status line says so. Set by an override, or by the same commit, it still splits.
+    Pooling's seeds straddle the learned threshold (19) within one mode: not seed-unstable."""
+    seeds = {"identity": [12.3, 8.2, 9.7, 12.75], "pooling": [16.4, 15.6, 21.1, 18.0],
+             "spectral": [94.1, 95.8, 95.6, 94.8]}
+    sweep = make_task_sweep(tmp_path, "odd_one_out", 10, seeds)
+    for run in sweep.iterdir():
+        if run.is_dir():
+            new = run.name.endswith(("seed=2", "seed=3"))
+            _update_to(run, ("b" if new else "a") * 40, "keep_previous: true\n" if new else None)
+    report = SweepReport([sweep])
+    (task,) = report.statistics.tasks
+    assert sorted((c.row, c.n) for c in task.cells) == [("mixer=identity", 4), ("mixer=pooling", 4),
+                                                         ("mixer=spectral", 4)]
+    assert sorted(p.contrast for p in task.pairs) == ["mixer=pooling vs mixer=identity",
+                                                      "mixer=spectral vs mixer=identity",
+                                                      "mixer=spectral vs mixer=pooling"]
+    assert ("not told apart by keep_previous (missing from the configs of 6 run(s) written at aaaaaaa, True "
+            "in the other 6: a key added since)") in report.status_line()
+    pooling = _cell(task, "pooling")
+    assert not pooling.unstable and pooling.learned == [False, False, True, False]
+    # the same key set by an override on the new seeds is a difference the user made
+    for run in sweep.iterdir():
+        if run.name.endswith(("seed=2", "seed=3")):
+            index = json.loads((sweep / "sweep.json").read_text())
+            for job in index["jobs"]:
+                if job["run_dir"] == run.name:
+                    job["overrides"].append("+keep_previous=true")
+            (sweep / "sweep.json").write_text(json.dumps(index))
+    assert len(SweepReport([sweep]).statistics.tasks[0].cells) == 6
+    # and one commit with and without the key is no update either
+    for run in sweep.iterdir():
+        if run.is_dir():
+            _update_to(run, "c" * 40)
+    index = json.loads((sweep / "sweep.json").read_text())
+    for job in index["jobs"]:
+        job["overrides"] = [o for o in job["overrides"] if not o.startswith("+")]
+    (sweep / "sweep.json").write_text(json.dumps(index))
+    report = SweepReport([sweep])
+    assert len(report.statistics.tasks[0].cells) == 6 and "not told apart" not in report.status_line()
+
+
 def test_the_threshold_is_identitys_upper_bound_when_identity_is_above_the_floor(tmp_path):
     seeds = {"identity": [30.0, 31.0, 32.0], "attention": [31.0, 80.0, 82.0]}
     report = SweepReport([make_task_sweep(tmp_path, "marker", 10, seeds)])

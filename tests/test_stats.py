@@ -133,6 +133,12 @@ def test_seed_unstable_cells_and_their_rate():
     assert stats.seed_unstable([10.4, 69.8], 11.0)
     assert not stats.seed_unstable([10.4, 10.9], 11.0)
     assert not stats.seed_unstable([60.0, 69.8], 11.0)
+    # one mode across the threshold's edge is not two: pooling on odd one out, threshold 19, band 9
+    pooling = [16.4, 15.6, 21.1, 18.0, 17.6]
+    assert stats.learned_floor(10.0) == pytest.approx(19.0) and stats.learned_band(10.0) == pytest.approx(9.0)
+    assert stats.seed_unstable(pooling, 19.0) and not stats.seed_unstable(pooling, 19.0, band=9.0)
+    assert stats.seed_unstable([10.4, 69.8], 19.0, band=9.0)  # Nystrom: two modes at any band up to 50
+    assert stats.seed_unstable([18.0, 28.1], 19.0, 9.0) and not stats.seed_unstable([18.0, 28.0], 19.0, 9.0)
     ci = stats.rate_interval(1, 2)
     expected = sps.binomtest(1, 2).proportion_ci(0.95, method="wilson")
     assert (ci.low, ci.high) == (pytest.approx(expected.low), pytest.approx(expected.high))

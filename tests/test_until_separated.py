@@ -47,20 +47,27 @@ class NormalLauncher:
         return out
 
 
-def run_sweeper(tmp_path: Path, means: dict[str, float], sd: float, replicate: int = 0, **settings):
-    settings = {"initial_seeds": 3, "seed_step": 1, "max_seeds": 10, **settings}
-    config = OmegaConf.create({
-        "seed": 0, "sweep": {"name": None},
-        "hydra": {"sweep": {"dir": str(tmp_path / f"sweep{replicate}")},
-                  "sweeper": {"params": None, **settings},
-                  "overrides": {"task": [f"mixer={','.join(means)}"]}}})
+def fake_sweep(sweep_dir: Path, mixers, launcher, settings: dict, **config) -> dict:
+    """The sweeper over ``mixer=<mixers>`` with a launcher that draws each job's value (no config to
+    compose); ``config`` adds keys to the sweep's config (``data``). Returns until_separated.json."""
+    sweep = "mixer=" + ",".join(mixers)
+    composed = OmegaConf.create({
+        "seed": 0, "sweep": {"name": None}, **config,
+        "hydra": {"sweep": {"dir": str(sweep_dir)}, "sweeper": {"params": None, **settings},
+                  "overrides": {"task": [sweep]}}})
     sweeper = UntilSeparatedSweeper(**settings)
-    sweeper.config, sweeper.hydra_context = config, SimpleNamespace(config_loader=None)
-    sweeper.launcher = NormalLauncher(means, sd, replicate)
-    sweeper.validate_batch_is_legal = lambda batch: None  # no config to compose: the jobs are draws
-    sweeper.sweep([f"mixer={','.join(means)}"])
-    record = json.loads((tmp_path / f"sweep{replicate}" / RECORD_NAME).read_text())
-    return record, sweeper.launcher.launched
+    sweeper.config, sweeper.hydra_context = composed, SimpleNamespace(config_loader=None)
+    sweeper.launcher = launcher
+    sweeper.validate_batch_is_legal = lambda batch: None
+    sweeper.sweep([sweep])
+    return json.loads((sweep_dir / RECORD_NAME).read_text())
+
+
+def run_sweeper(tmp_path: Path, means: dict[str, float], sd: float, replicate: int = 0, **settings):
+    launcher = NormalLauncher(means, sd, replicate)
+    record = fake_sweep(tmp_path / f"sweep{replicate}", means, launcher,
+                        {"initial_seeds": 3, "seed_step": 1, "max_seeds": 10, **settings})
+    return record, launcher.launched
 
 
 def seeds_of(record: dict) -> dict[str, int]:
@@ -131,16 +138,7 @@ def test_a_configuration_whose_seeds_split_around_learning_is_named_seed_unstabl
     table = {"a": [10.0 + (70.0 if s % 2 else 0.0) + 0.1 * s for s in range(10)],
              "b": [50.0 + 0.3 * s for s in range(10)]}
     settings = {"initial_seeds": 3, "seed_step": 1, "max_seeds": 4, "learned_above": learned_above}
-    config = OmegaConf.create({
-        "seed": 0, "data": {"num_classes": 10}, "sweep": {"name": None},
-        "hydra": {"sweep": {"dir": str(tmp_path / "sweep")}, "sweeper": {"params": None, **settings},
-                  "overrides": {"task": ["mixer=a,b"]}}})
-    sweeper = UntilSeparatedSweeper(**settings)
-    sweeper.config, sweeper.hydra_context = config, SimpleNamespace(config_loader=None)
-    sweeper.launcher = TableLauncher(table)
-    sweeper.validate_batch_is_legal = lambda batch: None
-    sweeper.sweep(["mixer=a,b"])
-    record = json.loads((tmp_path / "sweep" / RECORD_NAME).read_text())
+    record = fake_sweep(tmp_path / "sweep", table, TableLauncher(table), settings, data={"num_classes": 10})
     first, last = record["looks"][0], record["looks"][-1]
     if learned_above is None:
         assert first["learned_above"] is None and first["unstable"] == {}
@@ -153,6 +151,19 @@ def test_a_configuration_whose_seeds_split_around_learning_is_named_seed_unstabl
     assert record["stopped"] == "cap"
     assert "(seed-unstable: mixer=a learned on 2 of 4 seeds)" in record["verdicts"][0]
     assert "seed-unstable" in record["reason"] and "learn rates" in record["reason"]
+    if learned_above == "auto":
+        assert first["learned_band"] == pytest.approx(9.0)
+        assert "at or below 19 and above 28" in record["reason"]
+
+
+def test_one_mode_across_the_learned_threshold_is_not_seed_unstable(tmp_path):
+    """Pooling on odd one out: five seeds 15.6-21.1 around auto's 19, every one clear of chance. One of them
+    above 19 does not make two modes: that needs a seed above 19 + 9 (10% of 100 - chance)."""
+    table = {"pooling": [16.4, 15.6, 21.1, 18.0, 17.6], "identity": [12.3, 8.2, 9.7, 12.75, 9.85]}
+    settings = {"initial_seeds": 5, "seed_step": 1, "max_seeds": 5}
+    record = fake_sweep(tmp_path / "sweep", table, TableLauncher(table), settings, data={"num_classes": 10})
+    (look,) = record["looks"]
+    assert look["configs"]["mixer=pooling"]["learned"] == 1 and look["unstable"] == {}
 
 
 def test_bad_settings_name_the_key():

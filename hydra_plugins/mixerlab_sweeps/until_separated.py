@@ -90,7 +90,7 @@ class UntilSeparatedSweeper(Sweeper):
         pending = {label: rule.initial() for label in labels}
         looks, returns, job_idx = [], [], 0
         classes = OmegaConf.select(self.config, "data.num_classes", default=None)
-        learned_above = rule.learned_threshold(classes)
+        learned_above, learned_band = rule.learned_threshold(classes), rule.learned_band(classes)
         print(f"[until_separated] {len(configs)} configuration(s); {rule.describe()}", flush=True)
         while pending:
             batch, meta = [], []
@@ -124,7 +124,7 @@ class UntilSeparatedSweeper(Sweeper):
                 returns.append(results)
                 for (label, _, job), result in zip(batch, results, strict=True):
                     _add(values[label], _metric(result, sweep_dir / job.dirname, rule.metric))
-            look = judge(len(looks) + 1, tried, values, rule, learned_above)
+            look = judge(len(looks) + 1, tried, values, rule, learned_above, learned_band)
             looks.append(look)
             atomic_write_text(sweep_dir / RECORD_NAME,
                               json.dumps(record(rule, looks, _command(plan)), indent=2) + "\n")

@@ -25,7 +25,7 @@ from mixerlab.report.plots import (
     mixer_colors,
     scatter_plot,
 )
-from mixerlab.report.records import ConfigGroup, collect_runs, group_by_config
+from mixerlab.report.records import ConfigGroup, added_keys, collect_runs, group_by_config
 from mixerlab.report.robustness import erf_gallery_html, erf_markdown, robustness_html, robustness_markdown
 from mixerlab.report.verdicts import (
     METHODS,
@@ -295,7 +295,9 @@ class SweepReport:
         for run in self.runs:
             counts[run.status] = counts.get(run.status, 0) + 1
         runs = f"{len(self.runs)} run" + ("" if len(self.runs) == 1 else "s")
-        return f"{runs}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        added = "".join(f"; configurations not told apart by {key} ({why})"
+                        for key, why in added_keys(self.runs).items())
+        return f"{runs}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + added
 
     # ------------------------------------------------------------------ html
     def _runs_table(self, out_dir: Path) -> str:

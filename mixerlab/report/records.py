@@ -146,11 +146,17 @@ class RunRecord:
 
 @dataclass
 class ConfigGroup:
-    """Runs of one configuration that differ only in their seed."""
+    """Runs of one configuration that differ only in their seed. ``ignored``: config keys that do not tell
+    configurations apart (:func:`added_keys`)."""
 
     sweep: str
     label: str
     runs: list[RunRecord]
+    ignored: frozenset[str] = frozenset()
+
+    def flat_config(self) -> dict[str, object]:
+        """The first run's flattened config without the ignored keys."""
+        return {k: v for k, v in self.runs[0].flat_config.items() if k not in self.ignored}
 
     def stat(self, key: str) -> tuple[float | None, float | None]:
         values = [v for r in self.runs if (v := r.value(key)) is not None]
@@ -220,15 +226,56 @@ def collect_runs(sweep_dirs: list[Path]) -> list[RunRecord]:
     return list(records.values())
 
 
+def _overridden(run: RunRecord, key: str) -> bool:
+    """Whether one of the run's overrides sets ``key`` or a key under it (``key=``, ``+key=``, ``~key``)."""
+    for override in run.overrides:
+        name = override.lstrip("+~").split("=", 1)[0]
+        if name == key or key.startswith(name + "."):
+            return True
+    return False
+
+
+def added_keys(runs: list[RunRecord]) -> dict[str, str]:
+    """Config keys a newer mixerlab added, which must not split the seeds of one configuration: a key
+    missing from the configs of some runs and holding one value in all the others, where the runs without it
+    were written by other commits (``summary.json``'s ``git_commit``) than those with it and no run's
+    overrides name it. A sweep resumed after an update (seeds 0-1 before ``callbacks.checkpoint.
+    keep_previous`` existed, seeds 2-4 after) otherwise reads as two configurations. ``{key: why}``."""
+    flats = [(run, run.flat_config) for run in runs if run.status == "completed" and run.config]
+    out: dict[str, str] = {}
+    for key in sorted({k for _, flat in flats for k in flat}):
+        having = [(run, flat[key]) for run, flat in flats if key in flat]
+        lacking = [run for run, flat in flats if key not in flat]
+        if not having or not lacking:
+            continue
+        values = {json.dumps(value, sort_keys=True, default=str) for _, value in having}
+        with_commits = {run.summary.get("git_commit") for run, _ in having}
+        without_commits = {run.summary.get("git_commit") for run in lacking}
+        if (len(values) != 1 or None in with_commits | without_commits or with_commits & without_commits
+                or any(_overridden(run, key) for run, _ in flats)):
+            continue
+        commits = ", ".join(sorted(str(c)[:7] for c in without_commits))
+        out[key] = (f"missing from the configs of {len(lacking)} run(s) written at {commits}, "
+                    f"{having[0][1]} in the other {len(having)}: a key added since")
+    return out
+
+
 def group_by_config(runs: list[RunRecord]) -> list[ConfigGroup]:
-    """Completed runs of one configuration (``RunRecord.config_key``; without a config, of one sweep and
-    label) that differ only in their seed, best mean top-1 first. Runs of several sweeps pool when their
-    seeds differ; where a seed ran twice, each job keeps its own group (by sweep and label), so a
-    rerun never counts as another seed."""
+    """Completed runs of one configuration (``RunRecord.config_key`` less :func:`added_keys`; without a
+    config, of one sweep and label) that differ only in their seed, best mean top-1 first. Runs of several
+    sweeps pool when their seeds differ; where a seed ran twice, each job keeps its own group (by sweep and
+    label), so a rerun never counts as another seed."""
+    ignored = frozenset(added_keys(runs))
     configs: dict[tuple, list[RunRecord]] = {}
     for run in runs:
         if run.status == "completed":
-            key = ("config", run.config_key) if run.config_key else ("sweep", run.sweep, run.config_label)
+            if not run.config_key:
+                key: tuple = ("sweep", run.sweep, run.config_label)
+            elif ignored:
+                kept = {k: v for k, v in run.flat_config.items() if k not in ignored}
+                key = ("config", json.dumps(kept, sort_keys=True, default=str))
+            else:
+                key = ("config", run.config_key)
             configs.setdefault(key, []).append(run)
     out = []
     for members in configs.values():
@@ -237,10 +284,10 @@ def group_by_config(runs: list[RunRecord]) -> list[ConfigGroup]:
             by_job: dict[tuple[str, str], list[RunRecord]] = {}
             for run in members:
                 by_job.setdefault((run.sweep, run.config_label), []).append(run)
-            out += [ConfigGroup(sweep, label, part) for (sweep, label), part in by_job.items()]
+            out += [ConfigGroup(sweep, label, part, ignored) for (sweep, label), part in by_job.items()]
         else:
             sweeps = " + ".join(dict.fromkeys(run.sweep for run in members))
-            out.append(ConfigGroup(sweeps, members[0].config_label, members))
+            out.append(ConfigGroup(sweeps, members[0].config_label, members, ignored))
     return sorted(out, key=lambda g: -(g.stat("top1")[0] or -1.0))
 
 

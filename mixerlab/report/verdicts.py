@@ -36,9 +36,11 @@ METHODS = {
     "multiple_comparisons": "Holm-Bonferroni over all one-key pairs of a task (family-wise error ≤ alpha)",
     "seeds_to_separate": "seeds per configuration for 80% power of a t-test at alpha / pairs of the task "
                          "(Holm's strictest step), if the observed difference and spread are the truth",
-    "seed_unstable": "some seeds above the threshold and some not; threshold: the identity mixer's upper "
-                     "t bound on the task, and at least chance + 10% of (100 − chance) (a bound of a mean is "
-                     "no range for single seeds); learn rate: Wilson interval",
+    "seed_unstable": "two modes: some seeds at or below the threshold and some above it by 10% of "
+                     "(100 − chance) or more (one mode across the threshold's edge is not flagged); "
+                     "threshold: the identity mixer's upper t bound on the task, and at least chance + 10% "
+                     "of (100 − chance) (a bound of a mean is no range for single seeds); learned: above "
+                     "the threshold; learn rate: Wilson interval",
     "aggregate": "IQM of chance-normalised top-1 ((top-1 − chance) / (100 − chance)) over every run on every "
                  "task, stratified bootstrap interval (runs resampled within their task)",
 }
@@ -184,7 +186,7 @@ def _choice(group: ConfigGroup, name: str) -> str | None:
 def one_key_difference(a: ConfigGroup, b: ConfigGroup) -> tuple[str, str] | None:
     """(key, "key=x vs key=y") when the two configurations differ in one config key (a config group such as
     ``mixer``, with whatever its file sets, or one leaf such as ``recipe.lr``); None otherwise."""
-    fa, fb = a.runs[0].flat_config, b.runs[0].flat_config
+    fa, fb = a.flat_config(), b.flat_config()
     if not fa or not fb:  # no config on disk: the sweep's choices are all there is to compare
         ca = {k: v for k, v in a.runs[0].choices.items() if k != SEED_KEY}
         cb = {k: v for k, v in b.runs[0].choices.items() if k != SEED_KEY}
@@ -232,10 +234,10 @@ def _identity_across_tasks(group: ConfigGroup, task_groups: list[ConfigGroup]) -
     """A configuration's name across tasks: its config less the data section and whatever every
     configuration of its task shares (the task preset's epochs, schedule, name); its row label without a
     config."""
-    flat = group.runs[0].flat_config
+    flat = group.flat_config()
     if not flat:
         return "label:" + row_label(group, task_groups)
-    others = [g.runs[0].flat_config for g in task_groups if g is not group]
+    others = [g.flat_config() for g in task_groups if g is not group]
     kept = {k: v for k, v in flat.items() if not k.startswith("data.") and k != "data"
             and not (others and all(o.get(k, object()) == v for o in others))}
     return repr(sorted(kept.items(), key=lambda kv: kv[0]))
@@ -268,10 +270,11 @@ def task_statistics(task: Task, groups: list[ConfigGroup], alpha: float = stats.
             cells.append(ConfigCell(group, row_label(group, groups), values, stats.summarize(values)))
     cells.sort(key=lambda c: -c.summary.mean)
     threshold, source = _threshold(task, cells)
+    band = 0.0 if task.chance is None else stats.learned_band(task.chance)
     if threshold is not None:
         for cell in cells:
             cell.learned = stats.learned_mask(cell.values, threshold)
-            cell.unstable = stats.seed_unstable(cell.values, threshold)
+            cell.unstable = stats.seed_unstable(cell.values, threshold, band)
     pairs = []
     for i, a in enumerate(cells):
         for b in cells[i + 1:]:
