@@ -23,7 +23,7 @@ import pytest
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
-from hydra_plugins.mixerlab_sweeps.until_separated import UntilSeparatedSweeper
+from hydra_plugins.mixerlab_sweeps.until_separated import UntilSeparatedSweeper, longest_first
 from mixerlab.adaptive_seeds import RECORD_NAME, SeedRule
 from tests.conftest import REPO, every_json_parses, kill_sweep_when
 from tests.faults import ENV as FAULTS_ENV
@@ -164,6 +164,40 @@ def test_one_mode_across_the_learned_threshold_is_not_seed_unstable(tmp_path):
     record = fake_sweep(tmp_path / "sweep", table, TableLauncher(table), settings, data={"num_classes": 10})
     (look,) = record["looks"]
     assert look["configs"]["mixer=pooling"]["learned"] == 1 and look["unstable"] == {}
+
+
+class TimedLauncher(TableLauncher):
+    """TableLauncher whose jobs also leave summary.json in their run directory, with a wall time per mixer
+    (as train.py does); ``order`` records the mixers of each launch in the order given."""
+
+    def __init__(self, table: dict[str, list[float]], walls: dict[str, float], sweep_dir: Path) -> None:
+        super().__init__(table)
+        self.walls, self.sweep_dir, self.order = walls, sweep_dir, []
+
+    def launch(self, batch, initial_job_idx):
+        returns = super().launch(batch, initial_job_idx)
+        self.order.append([dict(o.split("=", 1) for o in overrides)["mixer"] for overrides in batch])
+        for overrides, result in zip(batch, returns, strict=True):
+            choice = dict(o.split("=", 1) for o in overrides)
+            run = self.sweep_dir / f"mixer={choice['mixer']},seed={choice['seed']}"
+            run.mkdir(parents=True, exist_ok=True)
+            (run / "summary.json").write_text(json.dumps({
+                "status": "completed", "top1": result.return_value, "wall_s": self.walls[choice["mixer"]]}))
+        return returns
+
+
+def test_a_look_starts_the_configurations_whose_jobs_took_longest_first(tmp_path):
+    """Look 1 runs in the sweep's order; later looks put the slow configurations first, so that side-by-side
+    jobs end a look on short ones (identity 191 s, spectral 319 s on odd one out)."""
+    table = {m: [50.0 + 3.0 * ((s * 7 + i) % 5) for s in range(10)]  # equal means: every pair stays open
+             for i, m in enumerate(("identity", "spectral", "pooling"))}
+    walls = {"identity": 191.0, "spectral": 319.0, "pooling": 225.0}
+    launcher = TimedLauncher(table, walls, tmp_path / "sweep")
+    settings = {"initial_seeds": 2, "seed_step": 1, "max_seeds": 4, "learned_above": None}
+    record = fake_sweep(tmp_path / "sweep", table, launcher, settings)
+    assert launcher.order[0] == ["identity", "identity", "spectral", "spectral", "pooling", "pooling"]
+    assert launcher.order[1:] == [["spectral", "pooling", "identity"]] * 2 and record["stopped"] == "cap"
+    assert longest_first([("a", [], None), ("b", [], None)], {}) == [("a", [], None), ("b", [], None)]
 
 
 def test_bad_settings_name_the_key():
