@@ -91,26 +91,28 @@ class SeedRule:
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in settings.items() if k in known})
 
+    def chance(self, num_classes: Any) -> float | None:
+        """The task's chance top-1 (%) when the metric is top-1 (%, higher better) and the class count is
+        known; else None."""
+        known = isinstance(num_classes, int) and not isinstance(num_classes, bool) and num_classes > 1
+        return 100.0 / num_classes if self.metric == "top1" and self.mode == "max" and known else None
+
     def learned_threshold(self, num_classes: Any) -> float | None:
         """The value a seed must exceed to count as having learned: ``learned_above`` if a number; for
-        ``auto``, chance + 10% of (100 - chance) when the metric is top-1 (%, higher better) and the task's
-        class count is known, else no check."""
+        ``auto``, chance + 10% of (100 - chance) where :meth:`chance` is known, else no check."""
         if self.learned_above is None:
             return None
         if self.learned_above != "auto":
             return float(self.learned_above)
-        known = isinstance(num_classes, int) and not isinstance(num_classes, bool) and num_classes > 1
-        if not (self.metric == "top1" and self.mode == "max" and known):
-            return None
-        return learned_floor(100.0 / num_classes)
+        chance = self.chance(num_classes)
+        return None if chance is None else learned_floor(chance)
 
     def learned_band(self, num_classes: Any) -> float:
         """How far above the threshold a seed must land to count as the second mode of a seed-unstable
-        configuration (:func:`mixerlab.stats.seed_unstable`): 10% of (100 - chance) when the metric is top-1
-        (%, higher better) and the class count is known, as in the report; else 0 (both sides of it)."""
-        known = isinstance(num_classes, int) and not isinstance(num_classes, bool) and num_classes > 1
-        return learned_band(100.0 / num_classes) if self.metric == "top1" and self.mode == "max" and known \
-            else 0.0
+        configuration (:func:`mixerlab.stats.seed_unstable`): 10% of (100 - chance) where :meth:`chance` is
+        known, as in the report; else 0 (both sides of it)."""
+        chance = self.chance(num_classes)
+        return 0.0 if chance is None else learned_band(chance)
 
     @property
     def max_looks(self) -> int:

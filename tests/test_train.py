@@ -86,8 +86,7 @@ def test_constant_decay_holds_the_peak_lr_where_cosine_decays_it(train_run):
         held, decayed = pool.submit(lrs, "recipe.decay=constant"), pool.submit(lrs)
         (peak, constant), (peak_cosine, cosine) = held.result(), decayed.result()
     assert constant == [pytest.approx(peak)] * 2
-    peak = peak_cosine
-    assert cosine[0] < peak and cosine[1] == pytest.approx(1e-5)  # recipe.min_lr at the last step
+    assert cosine[0] < peak_cosine and cosine[1] == pytest.approx(1e-5)  # recipe.min_lr at the last step
 
 
 @pytest.mark.parametrize(

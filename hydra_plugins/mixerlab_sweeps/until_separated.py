@@ -126,8 +126,9 @@ class UntilSeparatedSweeper(Sweeper):
                 job_idx += len(batch)
                 returns.append(results)
                 for (label, _, job), result in zip(batch, results, strict=True):
-                    _add(values[label], _metric(result, sweep_dir / job.dirname, rule.metric))
-                    _add(walls[label], (read_summary(sweep_dir / job.dirname) or {}).get("wall_s"))
+                    summary = read_summary(sweep_dir / job.dirname)
+                    _add(values[label], _metric(result, summary, sweep_dir / job.dirname, rule.metric))
+                    _add(walls[label], (summary or {}).get("wall_s"))
             look = judge(len(looks) + 1, tried, values, rule, learned_above, learned_band)
             looks.append(look)
             atomic_write_text(sweep_dir / RECORD_NAME,
@@ -176,13 +177,10 @@ def _add(values: list[float], value: Any) -> None:
         values.append(float(value))
 
 
-def _metric(result: JobReturn, run_dir: Path, metric: str) -> Any:
-    """The job's metric: its summary.json where the job wrote one (every launcher, and jobs that ran in
-    another process), else the value the task function returned (a number, or a dict holding ``metric``).
-    A failed job has no metric."""
-    from mixerlab.sweep import read_summary
-
-    summary = read_summary(run_dir)
+def _metric(result: JobReturn, summary: dict | None, run_dir: Path, metric: str) -> Any:
+    """The job's metric: its ``summary`` (summary.json in ``run_dir``) where the job wrote one (every
+    launcher, and jobs that ran in another process), else the value the task function returned (a number, or
+    a dict holding ``metric``). A failed job has no metric."""
     if summary is not None:
         return summary.get(metric) if summary.get("status") == "completed" else None
     try:

@@ -147,7 +147,8 @@ class SweepReport:
         if missing:
             raise FileNotFoundError(f"no such sweep directory: {', '.join(missing)}")
         self.runs = collect_runs(self.sweep_dirs)
-        self.groups = group_by_config(self.runs)
+        self.added = added_keys(self.runs)  # config keys a newer mixerlab added: not a difference
+        self.groups = group_by_config(self.runs, self.added)
         self.sweeps = list(dict.fromkeys(r.sweep for r in self.runs)) or [d.name for d in self.sweep_dirs]
         self.varied = list(dict.fromkeys(k for r in self.runs for k in r.choices if k != "mixer"))
         self.json_path: Path | None = None  # report.json, once written
@@ -296,7 +297,7 @@ class SweepReport:
             counts[run.status] = counts.get(run.status, 0) + 1
         runs = f"{len(self.runs)} run" + ("" if len(self.runs) == 1 else "s")
         added = "".join(f"; configurations not told apart by {key} ({why})"
-                        for key, why in added_keys(self.runs).items())
+                        for key, why in self.added.items())
         return f"{runs}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + added
 
     # ------------------------------------------------------------------ html

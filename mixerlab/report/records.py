@@ -154,8 +154,9 @@ class ConfigGroup:
     runs: list[RunRecord]
     ignored: frozenset[str] = frozenset()
 
+    @cached_property
     def flat_config(self) -> dict[str, object]:
-        """The first run's flattened config without the ignored keys."""
+        """The first run's flattened config without the ignored keys (read by every pair it is in)."""
         return {k: v for k, v in self.runs[0].flat_config.items() if k not in self.ignored}
 
     def stat(self, key: str) -> tuple[float | None, float | None]:
@@ -260,12 +261,12 @@ def added_keys(runs: list[RunRecord]) -> dict[str, str]:
     return out
 
 
-def group_by_config(runs: list[RunRecord]) -> list[ConfigGroup]:
-    """Completed runs of one configuration (``RunRecord.config_key`` less :func:`added_keys`; without a
-    config, of one sweep and label) that differ only in their seed, best mean top-1 first. Runs of several
-    sweeps pool when their seeds differ; where a seed ran twice, each job keeps its own group (by sweep and
-    label), so a rerun never counts as another seed."""
-    ignored = frozenset(added_keys(runs))
+def group_by_config(runs: list[RunRecord], added: dict[str, str] | None = None) -> list[ConfigGroup]:
+    """Completed runs of one configuration (``RunRecord.config_key`` less the ``added`` keys, by default
+    :func:`added_keys` of ``runs``; without a config, of one sweep and label) that differ only in their seed,
+    best mean top-1 first. Runs of several sweeps pool when their seeds differ; where a seed ran twice, each
+    job keeps its own group (by sweep and label), so a rerun never counts as another seed."""
+    ignored = frozenset(added_keys(runs) if added is None else added)
     configs: dict[tuple, list[RunRecord]] = {}
     for run in runs:
         if run.status == "completed":

@@ -186,7 +186,7 @@ def _choice(group: ConfigGroup, name: str) -> str | None:
 def one_key_difference(a: ConfigGroup, b: ConfigGroup) -> tuple[str, str] | None:
     """(key, "key=x vs key=y") when the two configurations differ in one config key (a config group such as
     ``mixer``, with whatever its file sets, or one leaf such as ``recipe.lr``); None otherwise."""
-    fa, fb = a.flat_config(), b.flat_config()
+    fa, fb = a.flat_config, b.flat_config
     if not fa or not fb:  # no config on disk: the sweep's choices are all there is to compare
         ca = {k: v for k, v in a.runs[0].choices.items() if k != SEED_KEY}
         cb = {k: v for k, v in b.runs[0].choices.items() if k != SEED_KEY}
@@ -234,10 +234,10 @@ def _identity_across_tasks(group: ConfigGroup, task_groups: list[ConfigGroup]) -
     """A configuration's name across tasks: its config less the data section and whatever every
     configuration of its task shares (the task preset's epochs, schedule, name); its row label without a
     config."""
-    flat = group.flat_config()
+    flat = group.flat_config
     if not flat:
         return "label:" + row_label(group, task_groups)
-    others = [g.flat_config() for g in task_groups if g is not group]
+    others = [g.flat_config for g in task_groups if g is not group]
     kept = {k: v for k, v in flat.items() if not k.startswith("data.") and k != "data"
             and not (others and all(o.get(k, object()) == v for o in others))}
     return repr(sorted(kept.items(), key=lambda kv: kv[0]))
