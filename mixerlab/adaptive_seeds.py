@@ -5,6 +5,13 @@ in the ranking is tested (``mixerlab.stats.compare``: Welch, two-sided). Seeds g
 pair that is still open, ``seed_step`` at a time, up to ``max_seeds`` each; the sweep stops when every
 adjacent pair is separated or no open pair can get another seed.
 
+With ``tie_within`` (a margin in the metric's units, off by default), a pair that is not separated is also
+tested for equivalence (``mixerlab.stats.equivalence_p``, two one-sided Welch tests): when its difference is
+shown to lie inside ±margin, the pair is "tied within ±margin" and gets no more seeds. Two mixers that both
+stay at chance are then settled in a few seeds instead of running to the cap. Tied pairs are tested at the
+same alpha / K per look with Holm across them, so each kind of error (calling equal configurations separated,
+calling configurations a margin apart tied) is held at alpha over the whole sweep.
+
 Looking again and again at the same growing data and stopping at the first p < alpha inflates the false
 positive rate (shared/docs/STATISTICS.md, "Adaptive seeds": about 14% for 5 looks at a nominal 5%). So:
 
@@ -37,7 +44,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from mixerlab.stats import compare, holm, learned_band, learned_floor, seed_unstable, summarize
+from mixerlab.stats import compare, equivalence_p, holm, learned_band, learned_floor, seed_unstable, summarize
 
 MODES = ("max", "min")
 RECORD_NAME = "until_separated.json"
@@ -57,6 +64,7 @@ class SeedRule:
     mode: str = "max"
     seed_key: str = "seed"
     learned_above: Any = "auto"
+    tie_within: Any = None
 
     def __post_init__(self) -> None:
         def positive_int(key: str, minimum: int) -> None:
@@ -83,6 +91,12 @@ class SeedRule:
                                 or not isinstance(self.learned_above, (int, float))):
             raise ValueError(f"hydra.sweeper.learned_above={self.learned_above!r}: auto, null (no check) or "
                              f"the {self.metric} a seed must exceed to count as having learned the task")
+        if self.tie_within is not None and (isinstance(self.tie_within, bool)
+                                            or not isinstance(self.tie_within, (int, float))
+                                            or not 0 < self.tie_within < math.inf):
+            raise ValueError(f"hydra.sweeper.tie_within={self.tie_within!r}: null (off) or a positive margin "
+                             f"in units of {self.metric}: a pair whose difference is shown to lie inside it "
+                             "is tied")
         if not isinstance(self.seed_key, str) or not self.seed_key:
             raise ValueError(f"hydra.sweeper.seed_key={self.seed_key!r}: the config key that holds the seed")
 
@@ -135,8 +149,12 @@ class SeedRule:
         return (f"Welch two-sided per adjacent pair of the ranking by mean {self.metric} ({self.mode}); Holm "
                 f"across a look's pairs at alpha / K = {self.alpha:g} / {self.max_looks} = "
                 f"{self.alpha_per_look:.4g} per look (Bonferroni over at most K looks: family-wise "
-                f"{self.alpha:g} over the whole sweep); seeds only to configurations in an open pair, "
-                f"{self.seed_step} per look, up to {self.max_seeds}")
+                f"{self.alpha:g} over the whole sweep); "
+                + (f"a pair not separated is tied when two one-sided Welch tests put its difference inside "
+                   f"±{self.tie_within:g} (Holm across such pairs at the same level); " if self.tie_within
+                   else "")
+                + f"seeds only to configurations in an open pair, {self.seed_step} per look, up to "
+                f"{self.max_seeds}")
 
 
 @dataclass
@@ -192,8 +210,18 @@ def judge(number: int, tried: Mapping[str, Sequence[int]], values: Mapping[str, 
     neighbours = list(zip(look.ranking, look.ranking[1:], strict=False))
     comparisons = [compare(values[a], values[b]) for a, b in neighbours]
     separated = holm([c.p_value for c in comparisons], rule.alpha_per_look) if comparisons else []
-    for (a, b), c, sep in zip(neighbours, comparisons, separated, strict=True):
-        verdict = f"{a} ahead" if sep else f"not separated at n = {c.n_a}, {c.n_b}"
+    tie_p: list[float | None] = [None] * len(comparisons)
+    tied = [False] * len(comparisons)
+    if rule.tie_within:
+        unsettled = [i for i, sep in enumerate(separated) if not sep]
+        for i in unsettled:
+            a, b = neighbours[i]
+            tie_p[i] = equivalence_p(values[a], values[b], rule.tie_within)
+        for i, tie in zip(unsettled, holm([tie_p[i] for i in unsettled], rule.alpha_per_look), strict=True):
+            tied[i] = tie
+    for (a, b), c, sep, tie, p_tie in zip(neighbours, comparisons, separated, tied, tie_p, strict=True):
+        verdict = (f"{a} ahead" if sep else f"tied within ±{rule.tie_within:g} at n = {c.n_a}, {c.n_b}" if tie
+                   else f"not separated at n = {c.n_a}, {c.n_b}")
         unstable = [label for label in (a, b) if label in look.unstable]
         if unstable:
             verdict += " (seed-unstable: " + "; ".join(f"{u} {look.unstable[u]}" for u in unstable) + ")"
@@ -201,9 +229,10 @@ def judge(number: int, tried: Mapping[str, Sequence[int]], values: Mapping[str, 
             "better": a, "worse": b, "n": [c.n_a, c.n_b], "diff": c.diff,
             "interval": [c.interval.low, c.interval.high], "p_value": c.p_value,
             "prob_improvement": c.prob_improvement, "seeds_needed": c.seeds_needed,
-            "verdict": verdict, "separated": sep, "unstable": unstable})
+            "verdict": verdict, "separated": sep, "tied": tie, "tie_p_value": p_tie, "unstable": unstable})
     open_configs = list(dict.fromkeys(
-        label for pair in look.pairs if not pair["separated"] for label in (pair["better"], pair["worse"])))
+        label for pair in look.pairs if not (pair["separated"] or pair["tied"])
+        for label in (pair["better"], pair["worse"])))
     for label in open_configs:
         seeds = rule.more(tried[label])
         if seeds:
@@ -212,12 +241,17 @@ def judge(number: int, tried: Mapping[str, Sequence[int]], values: Mapping[str, 
         look.stop = "nothing to compare"
         look.reason = (f"{len(look.ranking)} configuration(s) with a result: a ranking needs two "
                        "(sweep a key besides the seed, or see the failed jobs in sweep.json)")
-    elif not open_configs:
+    elif not open_configs and not any(tied):
         look.stop = "separated"
         look.reason = f"every adjacent pair of the ranking is separated at look {number}"
+    elif not open_configs:
+        look.stop = "separated or tied"
+        look.reason = (f"every adjacent pair of the ranking is separated ({sum(separated)}) or tied within "
+                       f"±{rule.tie_within:g} ({sum(tied)}) at look {number}")
     elif not look.next_seeds:
         look.stop = "cap"
-        still = ", ".join(f"{p['better']} vs {p['worse']}" for p in look.pairs if not p["separated"])
+        still = ", ".join(f"{p['better']} vs {p['worse']}" for p in look.pairs
+                          if not (p["separated"] or p["tied"]))
         look.reason = (f"open pair(s) {still}: their configurations reached max_seeds={rule.max_seeds}; "
                        "not separated at this cap")
     if look.stop and look.unstable:

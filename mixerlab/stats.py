@@ -9,6 +9,8 @@ that both use one set of rules (shared/docs/STATISTICS.md has the facts behind e
                                of improvement (Mann-Whitney U / n·m) with a bootstrap interval, and the seeds
                                per arm that would separate the pair (power of a t-test at the observed effect)
     holm(p_values)             Holm-Bonferroni over a family of pairs: which are separated
+    equivalence_p(a, b, m)     two one-sided Welch tests (TOST): is the difference of means inside ±m? For
+                               pairs that are not separated, "tied within ±m" instead of "not separated"
     learned_mask / seed_unstable / rate_interval
                                "did the run learn the task" as its own outcome, with a Wilson interval on the
                                rate, for cells whose seeds split between chance and far above it (two modes:
@@ -151,6 +153,26 @@ def holm(p_values: Sequence[float], alpha: float = ALPHA) -> list[bool]:
             break
         rejected[i] = True
     return rejected
+
+
+def equivalence_p(a: Sequence[float], b: Sequence[float], margin: float) -> float:
+    """p-value of "the true difference of means lies inside ±``margin``", by two one-sided Welch tests
+    (TOST: ``scipy.stats.ttest_ind`` against −margin and against +margin; the larger p). p ≤ alpha means the
+    pair is tied within the margin at level alpha: its (1 − 2·alpha) Welch interval lies inside ±margin.
+
+    With one seed on either side nothing bounds the difference: p = 1. With zero spread on both sides the
+    difference is exact: p = 0 strictly inside the margin, else 1."""
+    x, y = _array(a), _array(b)
+    if not (isinstance(margin, (int, float)) and margin > 0):
+        raise ValueError(f"equivalence margin {margin!r}: a positive number (units of the metric)")
+    if x.size < 2 or y.size < 2:
+        return 1.0
+    diff = float(x.mean() - y.mean())
+    if x.std() == 0.0 and y.std() == 0.0:
+        return 0.0 if abs(diff) < margin else 1.0
+    above_low = sps.ttest_ind(x + margin, y, equal_var=False, alternative="greater").pvalue
+    below_high = sps.ttest_ind(x - margin, y, equal_var=False, alternative="less").pvalue
+    return float(max(above_low, below_high))
 
 
 def t_test_power(n: int | np.ndarray, effect: float, alpha: float = ALPHA) -> float | np.ndarray:

@@ -92,6 +92,30 @@ def test_zero_spread_on_both_sides():
     assert equal.p_value == 1.0 and equal.prob_improvement == 0.5 and equal.seeds_needed is None
 
 
+def test_equivalence_is_the_interval_inside_the_margin_and_holds_its_level_at_the_boundary():
+    rng = np.random.default_rng(RNG_SEED + 7)
+    for _ in range(50):  # p <= alpha exactly when the (1 - 2 alpha) Welch interval lies inside ±margin
+        a, b, margin = rng.normal(60, 2, 6), rng.normal(60.5, 1, 4), 3.0
+        ci = sps.ttest_ind(a, b, equal_var=False).confidence_interval(0.90)
+        assert (stats.equivalence_p(a, b, margin) <= 0.05) == (-margin < ci.low and ci.high < margin)
+    trials = 800  # true difference on the margin's edge: called tied at most alpha of the time
+    tied = sum(stats.equivalence_p(rng.normal(61, 1, 5), rng.normal(60, 1, 5), 1.0) <= 0.05
+               for _ in range(trials))
+    assert tied / trials <= _binomial_band(0.05, trials)[1]
+    # identical configurations, margin of two standard deviations, ten seeds each: nearly always tied
+    tied = sum(stats.equivalence_p(rng.normal(60, 1, 10), rng.normal(60, 1, 10), 2.0) <= 0.05
+               for _ in range(200))
+    assert tied / 200 > 0.9
+
+
+def test_equivalence_degenerate_cases():
+    assert stats.equivalence_p([10.0, 10.0], [10.0, 10.0, 10.0], 0.5) == 0.0  # exact, inside
+    assert stats.equivalence_p([10.0, 10.0], [11.0, 11.0], 0.5) == 1.0  # exact, outside
+    assert stats.equivalence_p([10.0], [10.0, 10.1], 5.0) == 1.0  # one seed bounds nothing
+    with pytest.raises(ValueError, match="equivalence margin -1"):
+        stats.equivalence_p([1.0, 2.0], [1.0, 2.0], -1)
+
+
 def test_holm_step_down():
     assert stats.holm([0.01, 0.04, 0.03]) == [True, False, False]  # 0.01 <= .05/3; 0.03 > .05/2
     assert stats.holm([0.01, 0.02, 0.03]) == [True, True, True]  # .01<=.0167, .02<=.025, .03<=.05

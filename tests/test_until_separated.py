@@ -116,6 +116,30 @@ def test_repeated_looks_at_identical_configurations_keep_false_separations_near_
     assert separated <= 6, f"{separated} of {sweeps} sweeps of identical configurations called separated"
 
 
+def test_with_tie_within_two_configurations_at_chance_are_tied_early_and_a_real_gap_is_not(tmp_path):
+    record, launched = run_sweeper(tmp_path, {"a": 90.0, "b": 10.0, "c": 10.0}, sd=0.3, tie_within=2)
+    assert record["stopped"] == "separated or tied" and "tied within ±2 (1)" in record["reason"]
+    assert record["verdicts"][0] == "mixer=a ahead"
+    assert record["verdicts"][1].startswith("tied within ±2 at n = ")
+    assert seeds_of(record)["mixer=a"] == 3 and max(seeds_of(record).values()) < 10
+    pair = record["looks"][-1]["pairs"][1]
+    assert pair["tied"] and not pair["separated"] and pair["tie_p_value"] <= record["rule"]["alpha_per_look"]
+    assert "tied when two one-sided Welch tests" in record["rule"]["description"]
+    # the shipped default is off: the same pair runs to the cap, as without the setting
+    off, _ = run_sweeper(tmp_path / "off", {"b": 10.0, "c": 10.0}, sd=0.3)
+    assert off["stopped"] == "cap" and off["looks"][-1]["pairs"][0]["tied"] is False
+
+
+def test_configurations_a_margin_apart_are_rarely_called_tied(tmp_path):
+    """The true difference sits on the margin's edge: over many sweeps the rule calls the pair tied at
+    most about alpha of the time, despite its repeated looks."""
+    sweeps = 40
+    stops = [run_sweeper(tmp_path, {"a": 1.0, "b": 0.0}, sd=1.0, replicate=r, tie_within=1.0)[0]
+             for r in range(sweeps)]
+    tied = sum(record["looks"][-1]["pairs"][0]["tied"] for record in stops)
+    assert tied <= 4, f"{tied} of {sweeps} sweeps tied a pair one margin apart"
+
+
 class TableLauncher:
     """Each job returns ``table[mixer][seed]``."""
 
@@ -211,6 +235,9 @@ def test_bad_settings_name_the_key():
         SeedRule(alpha=5)
     with pytest.raises(ValueError, match="hydra.sweeper.learned_above='half'"):
         SeedRule(learned_above="half")
+    for bad in (0, -1.0, "two", True):
+        with pytest.raises(ValueError, match=rf"hydra.sweeper.tie_within={bad!r}: null \(off\) or a"):
+            SeedRule(tie_within=bad)
 
 
 @pytest.mark.parametrize(("overrides", "message"), [

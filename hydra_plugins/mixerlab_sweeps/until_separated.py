@@ -192,8 +192,13 @@ def _metric(result: JobReturn, summary: dict | None, run_dir: Path, metric: str)
 
 
 def _look_line(look: Any, rule: Any) -> str:
-    pairs = "; ".join(f"{p['better']} vs {p['worse']}: p {p['p_value']:.3g} "
-                      f"{'separated' if p['separated'] else 'open'}" for p in look.pairs) or "no pairs"
+    def state(pair: dict) -> str:
+        if pair["separated"]:
+            return "separated"
+        return f"tied (TOST p {pair['tie_p_value']:.3g})" if pair["tied"] else "open"
+
+    pairs = "; ".join(f"{p['better']} vs {p['worse']}: p {p['p_value']:.3g} {state(p)}"
+                      for p in look.pairs) or "no pairs"
     nxt = ", ".join(f"{label} +{len(seeds)}" for label, seeds in look.next_seeds.items())
     unstable = "; ".join(f"{label} {text}" for label, text in look.unstable.items())
     return (f"[until_separated] look {look.number}/{rule.max_looks} (alpha {look.alpha:.4g}, spent "
