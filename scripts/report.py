@@ -22,9 +22,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("sweep_dirs", nargs="+", type=Path, help="sweep directories (runs/sweeps/<name>) "
                         "or directories of run directories")
     parser.add_argument("--out", type=Path, default=None, help="where to write the report files")
+    parser.add_argument("--tie-within", type=float, default=None, metavar="M",
+                        help="call a pair that is not separated 'tied' when two one-sided Welch tests put "
+                             "its top-1 difference inside ±M points (off by default; the sweeper's "
+                             "hydra.sweeper.tie_within)")
     args = parser.parse_args(argv)
+    if args.tie_within is not None and not 0 < args.tie_within < float("inf"):
+        parser.error(f"--tie-within {args.tie_within:g}: a positive margin in top-1 points")
     try:
-        report = SweepReport(args.sweep_dirs)
+        report = SweepReport(args.sweep_dirs, tie_within=args.tie_within)
     except FileNotFoundError as error:
         parser.error(str(error))
     try:

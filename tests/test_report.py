@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from scipy import stats as scipy_stats
 
+from mixerlab import stats
 from mixerlab.report import SweepReport, read_curves
 from scripts.report import main as report_main
 from tests.report_data import JOBS, TASK_SEEDS, make_seed_sweep, make_sweep, make_task_sweep
@@ -374,3 +375,34 @@ def test_a_one_seed_sweep_gets_no_verdict_and_the_command_for_more_seeds(tmp_pat
                                              "hydra/launcher=local_parallel")
     html_path, _ = report.write()
     assert "mixer=spectral ahead" not in html_path.read_text()
+
+
+def test_with_a_margin_pairs_shown_closer_than_it_are_tied_and_the_headline_crowns_neither(tmp_path, capsys):
+    sweeps = [make_task_sweep(tmp_path, task, classes, seeds)
+              for (task, classes), seeds in TASK_SEEDS.items()]
+    report = SweepReport(sweeps, tie_within=2.0)
+    odd = next(t for t in report.statistics.tasks if t.task.label.startswith("odd_one_out"))
+    close = _pair(odd, "pooling", "identity")
+    values = TASK_SEEDS[("odd_one_out", 10)]
+    assert close.tie_p_value == pytest.approx(stats.equivalence_p(values["pooling"], values["identity"], 2.0))
+    assert close.tied and not close.separated
+    assert close.verdict == "tied within ±2 at n=4 seeds" and close.seeds_to_separate == "— (tied)"
+    assert not any(p.tied for p in odd.pairs if "nystrom" in p.contrast)  # 10 / 70 bounds no margin
+    assert not any(p.tied for p in odd.pairs if p.separated)
+    # the default has no margin: nothing is tied
+    assert not any(p.tied for t in SweepReport(sweeps).statistics.tasks for p in t.pairs)
+    # the top two of a task, a fraction of a point apart over four seeds: tied, no winner
+    top = make_task_sweep(tmp_path / "top", "marker", 10, {"spectral": [97.0, 97.2, 96.9, 97.1],
+                                                            "feedforward": [97.1, 96.8, 97.0, 97.2],
+                                                            "identity": [34.0, 35.0, 33.0, 36.0]})
+    assert report_main([str(top), "--tie-within", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "No winner: the top two (mixer=spectral 97.05, mixer=feedforward 97.02) are tied within ±2" in out
+    data = json.loads((top / "report.json").read_text())
+    assert data["tie_within"] == 2.0 and "TOST" in data["methods"]["tied"]
+    pairs = {p["contrast"]: p for p in data["tasks"][0]["pairs"]}
+    assert pairs["mixer=spectral vs mixer=feedforward"]["tied"] is True
+    assert pairs["mixer=spectral vs mixer=identity"]["separated"] is True
+    with pytest.raises(SystemExit):
+        report_main([str(top), "--tie-within", "-1"])
+    assert "--tie-within -1: a positive margin" in capsys.readouterr().err

@@ -141,7 +141,11 @@ def _swept(runs: list) -> list[str]:
 class SweepReport:
     """report.html, report.md and report.json for one or more sweep directories."""
 
-    def __init__(self, sweep_dirs: list[str | Path]) -> None:
+    def __init__(self, sweep_dirs: list[str | Path], tie_within: float | None = None) -> None:
+        if tie_within is not None and not (isinstance(tie_within, (int, float))
+                                           and 0 < tie_within < math.inf):
+            raise ValueError(f"tie_within={tie_within!r}: a positive margin in top-1 points, or None (off)")
+        self.tie_within = tie_within  # pairs shown to differ by less than it are "tied" (TOST)
         self.sweep_dirs = [Path(d).resolve() for d in sweep_dirs]
         missing = [str(d) for d in self.sweep_dirs if not d.is_dir()]
         if missing:
@@ -155,7 +159,7 @@ class SweepReport:
 
     @cached_property
     def statistics(self) -> ReportStatistics:
-        return report_statistics(self.groups)
+        return report_statistics(self.groups, tie_within=self.tie_within)
 
     # ------------------------------------------------------------------ the answer
     def answer_lines(self) -> list[str]:
@@ -192,6 +196,13 @@ class SweepReport:
                      f"{'' if len(task.pairs) == 1 else 's'}, alpha {self.statistics.alpha:g}): difference "
                      f"{c.diff:+.2f} {fmt_interval(c.interval.low, c.interval.high)} points, P(improvement) "
                      f"{c.prob_improvement:.2f} — {self._describe(top)}"]
+        elif pair is not None and pair.tied:
+            c = pair.comparison
+            lines = [f"No winner: the top two ({top.row} {top.summary.mean:.2f}, {second.row} "
+                     f"{second.summary.mean:.2f}) are tied within ±{pair.tie_within:g} points (two one-sided "
+                     f"Welch tests, p {pair.tie_p_value:.3g}; Holm, alpha {self.statistics.alpha:g}): "
+                     f"difference {c.diff:+.2f} {fmt_interval(c.interval.low, c.interval.high)} at "
+                     f"{pair.seeds} seeds — {self._describe(top)}"]
         else:
             why = ("differ in more than one config key (not compared)" if pair is None
                    else f"not separated at {pair.seeds} seed{'' if pair.seeds == 'n=1' else 's'}")

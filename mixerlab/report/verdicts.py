@@ -3,7 +3,8 @@
     ConfigGroups -> per task (what the config trains on):
         a cell per configuration: n, mean, 95% t interval, or "learned on k of n seeds" when seed-unstable
         a pair per two configurations that differ in one config key: Welch difference, probability of
-        improvement, a verdict with Holm-Bonferroni over the task's pairs, seeds that would separate it
+        improvement, a verdict with Holm-Bonferroni over the task's pairs, seeds that would separate it;
+        with a margin (``tie_within``), "tied within ±margin" for a pair shown to differ by less (TOST)
     -> across tasks: the IQM of chance-normalised top-1 with a stratified bootstrap interval
 
 A pair is only ever judged within one task: accuracies of different tasks are different quantities.
@@ -41,6 +42,8 @@ METHODS = {
                      "threshold: the identity mixer's upper t bound on the task, and at least chance + 10% "
                      "of (100 − chance) (a bound of a mean is no range for single seeds); learned: above "
                      "the threshold; learn rate: Wilson interval",
+    "tied": "with a margin (scripts/report.py --tie-within M): a pair not separated whose difference two "
+            "one-sided Welch tests (TOST) put inside ±M, Holm-Bonferroni over those pairs at alpha",
     "aggregate": "IQM of chance-normalised top-1 ((top-1 − chance) / (100 − chance)) over every run on every "
                  "task, stratified bootstrap interval (runs resampled within their task)",
 }
@@ -98,6 +101,9 @@ class PairVerdict:
     comparison: stats.Comparison
     separated: bool = False  # by Holm over the task's pairs
     seeds_needed: int | None = None
+    tie_within: float | None = None  # the margin it was tested against, where one was given
+    tie_p_value: float | None = None  # TOST p, for a pair not separated
+    tied: bool = False  # by Holm over the task's pairs not separated
 
     @property
     def seeds(self) -> str:
@@ -108,6 +114,8 @@ class PairVerdict:
     def verdict(self) -> str:
         if self.separated:
             text = f"{self.a.row} ahead"
+        elif self.tied:
+            text = f"tied within ±{self.tie_within:g} at {self.seeds} seeds"
         else:
             text = f"not separated at {self.seeds} seed" + ("" if self.seeds == "n=1" else "s")
         unstable = [c.row for c in (self.a, self.b) if c.unstable]
@@ -119,6 +127,8 @@ class PairVerdict:
     def seeds_to_separate(self) -> str:
         if self.separated:
             return "—"
+        if self.tied:
+            return "— (tied)"
         if self.seeds_needed is None:  # stats: no spread known, no difference, or past its search
             if min(self.a.n, self.b.n) < 2:
                 return "unknown (needs 2+ seeds each)"
@@ -153,6 +163,7 @@ class ReportStatistics:
     aggregate: list[AggregateRow] = field(default_factory=list)
     alpha: float = stats.ALPHA
     confidence: float = stats.CONFIDENCE
+    tie_within: float | None = None
 
 
 # ---------------------------------------------------------------------------------------------- one key apart
@@ -261,8 +272,11 @@ def _threshold(task: Task, cells: list[ConfigCell]) -> tuple[float | None, str |
     return floor, floor_text
 
 
-def task_statistics(task: Task, groups: list[ConfigGroup], alpha: float = stats.ALPHA) -> TaskStatistics:
-    """Cells, seed-unstable flags and Holm-corrected pair verdicts of one task's configurations."""
+def task_statistics(task: Task, groups: list[ConfigGroup], alpha: float = stats.ALPHA,
+                    tie_within: float | None = None) -> TaskStatistics:
+    """Cells, seed-unstable flags and Holm-corrected pair verdicts of one task's configurations; with
+    ``tie_within``, the pairs not separated are tested for a difference inside ±tie_within (TOST), with Holm
+    over them at the same alpha."""
     cells = []
     for group in groups:
         values = group.values("top1")
@@ -285,16 +299,25 @@ def task_statistics(task: Task, groups: list[ConfigGroup], alpha: float = stats.
         pair.separated = separated
         if not separated:
             pair.seeds_needed = stats.seeds_to_separate(pair.a.values, pair.b.values, alpha / len(pairs))
+    if tie_within is not None:
+        open_pairs = [p for p in pairs if not p.separated]
+        for pair in open_pairs:
+            pair.tie_within = tie_within
+            pair.tie_p_value = stats.equivalence_p(pair.a.values, pair.b.values, tie_within)
+        verdicts = stats.holm([p.tie_p_value for p in open_pairs], alpha)
+        for pair, tied in zip(open_pairs, verdicts, strict=True):
+            pair.tied = tied
     return TaskStatistics(task, cells, pairs, threshold, source)
 
 
-def report_statistics(groups: list[ConfigGroup], alpha: float = stats.ALPHA) -> ReportStatistics:
+def report_statistics(groups: list[ConfigGroup], alpha: float = stats.ALPHA,
+                      tie_within: float | None = None) -> ReportStatistics:
     """Every task's statistics, and the cross-task aggregate of configurations found on two or more tasks."""
     by_task: dict[tuple, list[ConfigGroup]] = {}
     for group in groups:
         by_task.setdefault(group.task.key, []).append(group)
-    tasks = [task_statistics(members[0].task, members, alpha) for members in by_task.values()]
-    result = ReportStatistics(tasks, alpha=alpha)
+    tasks = [task_statistics(members[0].task, members, alpha, tie_within) for members in by_task.values()]
+    result = ReportStatistics(tasks, alpha=alpha, tie_within=tie_within)
     if len(tasks) < 2:
         return result
     across: dict[str, list[tuple[TaskStatistics, ConfigCell]]] = {}
@@ -344,11 +367,13 @@ def statistics_json(result: ReportStatistics) -> dict:
             "p_value": p.comparison.p_value, "prob_improvement": p.comparison.prob_improvement,
             "prob_interval": _interval(p.comparison.prob_interval), "separated": p.separated,
             "verdict": p.verdict, "seeds_to_separate": p.seeds_to_separate, "seeds_needed": p.seeds_needed,
+            "tied": p.tied, "tie_p_value": p.tie_p_value,
         } for p in task.pairs]
         tasks.append({"task": task.task.label, "chance": task.task.chance,
                       "learned_threshold": task.threshold, "learned_threshold_source": task.threshold_source,
                       "cells": cells, "pairs": pairs})
     aggregate = [{"configuration": r.row, "tasks": r.tasks, "runs": r.runs, "iqm": r.iqm,
                   "interval": _interval(r.interval)} for r in result.aggregate]
-    return {"metric": "top1", "confidence": result.confidence, "alpha": result.alpha, "methods": METHODS,
+    return {"metric": "top1", "confidence": result.confidence, "alpha": result.alpha,
+            "tie_within": result.tie_within, "methods": METHODS,
             "tasks": tasks, "aggregate": aggregate}
