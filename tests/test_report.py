@@ -406,3 +406,35 @@ def test_with_a_margin_pairs_shown_closer_than_it_are_tied_and_the_headline_crow
     with pytest.raises(SystemExit):
         report_main([str(top), "--tie-within", "-1"])
     assert "--tie-within -1: a positive margin" in capsys.readouterr().err
+
+
+def test_an_adaptive_sweeps_report_shows_every_look_and_why_it_stopped_and_skips_a_damaged_record(
+        tmp_path, caplog):
+    from mixerlab.adaptive_seeds import SeedRule, judge, record
+
+    seeds = {"identity": [10.1, 9.9, 10.3], "pooling": [30.5, 30.9, 30.3], "spectral": [90.0, 92.0, 91.0]}
+    sweep = make_task_sweep(tmp_path, "odd_one_out", 10, seeds)
+    rule = SeedRule()
+    tried = {f"mixer={m}": [0, 1, 2] for m in seeds}
+    look = judge(1, tried, {f"mixer={m}": v for m, v in seeds.items()}, rule)
+    (sweep / "until_separated.json").write_text(json.dumps(record(rule, [look], "python train.py -m ...")))
+    report = SweepReport([sweep])
+    report.write(sweep)
+    md, data = (sweep / "report.md").read_text(), json.loads((sweep / "report.json").read_text())
+    assert ("### Seeds until separated: odd_one_out-mixer+seed, every look of the sweeper (stopped: "
+            "separated; every adjacent pair of the ranking is separated at look 1)") in md
+    row = next(line for line in md.splitlines() if line.startswith("| 1 | 0.00625 (0.00625) | 3 |"))
+    assert "mixer=spectral vs mixer=pooling: p " in row and "mixer=pooling vs mixer=identity" in row
+    assert row.count("separated") == 2 and row.endswith("| — (stopped) |")
+    verdicts = [p["verdict"] for p in look.pairs]
+    assert data["until_separated"] == [{"sweep": sweep.name, "record": str(sweep / "until_separated.json"),
+                                         "stopped": "separated", "reason": look.reason,
+                                         "ranking": look.ranking, "verdicts": verdicts,
+                                         "alpha_spent": 0.00625, "looks": 1}]
+    assert 'id="looks-0"' in (sweep / "report.html").read_text()
+    # a record cut short: one warning naming it, the rest of the report as before
+    (sweep / "until_separated.json").write_text('{"looks": [')
+    with caplog.at_level("WARNING"):
+        damaged = SweepReport([sweep])
+    assert damaged.adaptive == [] and "Seeds until separated" not in damaged.markdown(sweep, {})
+    assert f"adaptive sweep record {sweep / 'until_separated.json'} is not valid JSON" in caplog.text

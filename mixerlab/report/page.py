@@ -138,6 +138,45 @@ def _swept(runs: list) -> list[str]:
     return [f"{key}={','.join(vals)}" for key, vals in values.items() if vals != [""]]
 
 
+def sweeper_records(sweep_dirs: list[Path]) -> list[tuple[Path, dict]]:
+    """The ``until_separated.json`` of each sweep directory that has one (an adaptive sweep's looks and why it
+    stopped). A damaged one is left out of the report with one warning line naming it (the sweeper rewrites
+    it whole at its next look, or the same sweep command rewrites it)."""
+    from mixerlab.storage import read_derived_json
+
+    found = []
+    for sweep_dir in sweep_dirs:
+        path = sweep_dir / "until_separated.json"
+        record = read_derived_json(path, "adaptive sweep record", "the report leaves its looks out; run the "
+                                   "same sweep command again to rewrite it")
+        if record is not None:
+            found.append((sweep_dir, record))
+    return found
+
+
+def looks_rows(record: dict) -> list[list[str]]:
+    """One row per look of an adaptive sweep: its alpha, each configuration's seed count, each adjacent pair
+    of the ranking with its Welch p and whether it is separated, tied or open, and the seeds it asked for."""
+    def state(pair: dict) -> str:
+        if pair.get("separated"):
+            return "separated"
+        return "tied" if pair.get("tied") else "open"
+
+    rows = []
+    for look in record.get("looks") or []:
+        configs = look.get("configs") or {}
+        counts = sorted({entry.get("n", 0) for entry in configs.values()})
+        pairs = "; ".join(f"{p.get('better')} vs {p.get('worse')}: p {p.get('p_value', float('nan')):.2g} "
+                          f"{state(p)}" for p in look.get("pairs") or [])
+        following = ", ".join(f"{label} +{len(seeds)}"
+                              for label, seeds in (look.get("next_seeds") or {}).items())
+        alpha = f"{look.get('alpha', 0):.4g} ({look.get('alpha_spent', 0):.4g})"
+        seeds = "-".join(map(str, (counts[0], counts[-1]) if len(counts) > 1 else counts)) or "0"
+        rows.append([str(look.get("number")), alpha, seeds, pairs or "—",
+                     "— (stopped)" if look.get("stop") else following or "—"])
+    return rows
+
+
 class SweepReport:
     """report.html, report.md and report.json for one or more sweep directories."""
 
@@ -156,6 +195,7 @@ class SweepReport:
         self.sweeps = list(dict.fromkeys(r.sweep for r in self.runs)) or [d.name for d in self.sweep_dirs]
         self.varied = list(dict.fromkeys(k for r in self.runs for k in r.choices if k != "mixer"))
         self.json_path: Path | None = None  # report.json, once written
+        self.adaptive = sweeper_records(self.sweep_dirs)  # until_separated.json of adaptive sweeps
 
     @cached_property
     def statistics(self) -> ReportStatistics:
@@ -274,6 +314,11 @@ class SweepReport:
                                f"{'' if len(task.pairs) == 1 else 's'}, alpha {self.statistics.alpha:g})",
                                ["pair (A vs B)", "A − B top-1", "95% Welch interval", "P(A > B) [95%]",
                                 "p (Welch, uncorrected)", "verdict", "seeds to separate"], rows))
+        for number, (sweep_dir, record) in enumerate(self.adaptive):
+            tables.append((f"looks-{number}", f"Seeds until separated: {sweep_dir.name}, every look of the "
+                           f"sweeper (stopped: {record.get('stopped')}; {record.get('reason')})",
+                           ["look", "alpha (spent)", "seeds", "adjacent pairs of the ranking: Welch p, state",
+                            "next seeds"], looks_rows(record)))
         if self.statistics.aggregate:
             rows = [[r.row, ", ".join(r.tasks), str(r.runs), f"{r.iqm:.3f}",
                      fmt_interval(r.interval.low, r.interval.high, 3)] for r in self.statistics.aggregate]
@@ -291,8 +336,12 @@ class SweepReport:
 
     def statistics_json(self) -> dict:
         """report.json: the statistics section's figures, the headline and the methods."""
+        adaptive = [{"sweep": d.name, "record": str(d / "until_separated.json"),
+                     **{k: r.get(k) for k in ("stopped", "reason", "ranking", "verdicts", "alpha_spent")},
+                     "looks": len(r.get("looks") or [])} for d, r in self.adaptive]
         return {"sweeps": self.sweeps, "status": self.status_line(), "headline": self.answer_lines(),
-                "unstable": self.unstable_notes(), **statistics_json(self.statistics)}
+                "unstable": self.unstable_notes(), **statistics_json(self.statistics),
+                "until_separated": adaptive}
 
     def memory_note(self) -> str | None:
         """How the runs' step memory was measured (summary.json ``step_memory_method`` and batch)."""
