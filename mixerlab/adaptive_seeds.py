@@ -5,12 +5,13 @@ in the ranking is tested (``mixerlab.stats.compare``: Welch, two-sided). Seeds g
 pair that is still open, ``seed_step`` at a time, up to ``max_seeds`` each; the sweep stops when every
 adjacent pair is separated or no open pair can get another seed.
 
-With ``tie_within`` (a margin in the metric's units, off by default), a pair that is not separated is also
-tested for equivalence (``mixerlab.stats.equivalence_p``, two one-sided Welch tests): when its difference is
-shown to lie inside ±margin, the pair is "tied within ±margin" and gets no more seeds. Two mixers that both
-stay at chance are then settled in a few seeds instead of running to the cap. Tied pairs are tested at the
-same alpha / K per look with Holm across them, so each kind of error (calling equal configurations separated,
-calling configurations a margin apart tied) is held at alpha over the whole sweep.
+With ``tie_within`` (a margin in the metric's units, off by default), each adjacent pair is also tested for
+equivalence (``mixerlab.stats.equivalence_p``, two one-sided Welch tests): a pair whose difference is shown
+to lie inside ±margin is "tied within ±margin" and gets no more seeds. Two mixers that both stay at chance
+are then settled in a few seeds instead of running to the cap. Holm runs once over the look's pairs, each
+represented by the smaller of its two p-values (``mixerlab.stats.settle``), so the chance of any wrong call
+(equal configurations separated, or configurations a margin apart tied) stays at alpha / K per look and
+alpha over the sweep; a separation found without the margin is found with it too.
 
 Looking again and again at the same growing data and stopping at the first p < alpha inflates the false
 positive rate (shared/docs/STATISTICS.md, "Adaptive seeds": about 14% for 5 looks at a nominal 5%). So:
@@ -44,7 +45,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from mixerlab.stats import compare, equivalence_p, holm, learned_band, learned_floor, seed_unstable, summarize
+from mixerlab.stats import (
+    compare,
+    equivalence_p,
+    learned_band,
+    learned_floor,
+    seed_unstable,
+    settle,
+    summarize,
+)
 
 MODES = ("max", "min")
 RECORD_NAME = "until_separated.json"
@@ -150,8 +159,8 @@ class SeedRule:
                 f"across a look's pairs at alpha / K = {self.alpha:g} / {self.max_looks} = "
                 f"{self.alpha_per_look:.4g} per look (Bonferroni over at most K looks: family-wise "
                 f"{self.alpha:g} over the whole sweep); "
-                + (f"a pair not separated is tied when two one-sided Welch tests put its difference inside "
-                   f"±{self.tie_within:g} (Holm across such pairs at the same level); " if self.tie_within
+                + (f"a pair is tied instead when two one-sided Welch tests put its difference inside "
+                   f"±{self.tie_within:g} (one Holm over each pair's smaller p); " if self.tie_within
                    else "")
                 + f"seeds only to configurations in an open pair, {self.seed_step} per look, up to "
                 f"{self.max_seeds}")
@@ -209,16 +218,11 @@ def judge(number: int, tried: Mapping[str, Sequence[int]], values: Mapping[str, 
                           key=lambda label: -sign * look.configs[label]["mean"])
     neighbours = list(zip(look.ranking, look.ranking[1:], strict=False))
     comparisons = [compare(values[a], values[b]) for a, b in neighbours]
-    separated = holm([c.p_value for c in comparisons], rule.alpha_per_look) if comparisons else []
-    tie_p: list[float | None] = [None] * len(comparisons)
-    tied = [False] * len(comparisons)
-    if rule.tie_within:
-        unsettled = [i for i, sep in enumerate(separated) if not sep]
-        for i in unsettled:
-            a, b = neighbours[i]
-            tie_p[i] = equivalence_p(values[a], values[b], rule.tie_within)
-        for i, tie in zip(unsettled, holm([tie_p[i] for i in unsettled], rule.alpha_per_look), strict=True):
-            tied[i] = tie
+    tie_p = [equivalence_p(values[a], values[b], rule.tie_within) if rule.tie_within else None
+             for a, b in neighbours]
+    states = settle([c.p_value for c in comparisons], tie_p, rule.alpha_per_look)
+    separated = [state == "separated" for state in states]
+    tied = [state == "tied" for state in states]
     for (a, b), c, sep, tie, p_tie in zip(neighbours, comparisons, separated, tied, tie_p, strict=True):
         verdict = (f"{a} ahead" if sep else f"tied within ±{rule.tie_within:g} at n = {c.n_a}, {c.n_b}" if tie
                    else f"not separated at n = {c.n_a}, {c.n_b}")

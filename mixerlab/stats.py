@@ -9,8 +9,9 @@ that both use one set of rules (shared/docs/STATISTICS.md has the facts behind e
                                of improvement (Mann-Whitney U / n·m) with a bootstrap interval, and the seeds
                                per arm that would separate the pair (power of a t-test at the observed effect)
     holm(p_values)             Holm-Bonferroni over a family of pairs: which are separated
-    equivalence_p(a, b, m)     two one-sided Welch tests (TOST): is the difference of means inside ±m? For
-                               pairs that are not separated, "tied within ±m" instead of "not separated"
+    equivalence_p(a, b, m)     two one-sided Welch tests (TOST): is the difference of means inside ±m?
+    settle(p_diff, p_tie)      Holm over a family of pairs, each settled as separated or tied (within a
+                               margin) by the smaller of its two p-values, or left open
     learned_mask / seed_unstable / rate_interval
                                "did the run learn the task" as its own outcome, with a Wilson interval on the
                                rate, for cells whose seeds split between chance and far above it (two modes:
@@ -173,6 +174,22 @@ def equivalence_p(a: Sequence[float], b: Sequence[float], margin: float) -> floa
     above_low = sps.ttest_ind(x + margin, y, equal_var=False, alternative="greater").pvalue
     below_high = sps.ttest_ind(x - margin, y, equal_var=False, alternative="less").pvalue
     return float(max(above_low, below_high))
+
+
+def settle(p_diff: Sequence[float], p_tie: Sequence[float | None] | None = None,
+           alpha: float = ALPHA) -> list[str]:
+    """Each pair of a family ``"separated"``, ``"tied"`` or ``"open"``: Holm-Bonferroni over the pairs, each
+    represented by the smaller of its difference p (Welch) and its equivalence p (:func:`equivalence_p`;
+    None or no list: not tested). A settled pair is separated or tied by which of the two is smaller.
+
+    A pair can be wrong in one way only, by its truth: equal means called separated, or means a margin apart
+    called tied (in between, both calls are right). Holm's argument then holds as for one test per pair:
+    the chance of any wrong call in the family is at most ``alpha``, under any dependence. Without
+    equivalence p-values this is :func:`holm` on the difference p-values."""
+    ties = list(p_tie) if p_tie is not None else [None] * len(p_diff)
+    best = [p if t is None else min(p, t) for p, t in zip(p_diff, ties, strict=True)]
+    return [("separated" if t is None or p <= t else "tied") if settled else "open"
+            for p, t, settled in zip(p_diff, ties, holm(best, alpha), strict=True)]
 
 
 def t_test_power(n: int | np.ndarray, effect: float, alpha: float = ALPHA) -> float | np.ndarray:

@@ -116,6 +116,22 @@ def test_equivalence_degenerate_cases():
         stats.equivalence_p([1.0, 2.0], [1.0, 2.0], -1)
 
 
+def test_settle_calls_each_pair_by_its_smaller_p_and_holds_the_family_wise_error():
+    assert stats.settle([0.01, 0.04, 0.03]) == ["separated", "open", "open"]  # no margin: Holm's calls
+    assert stats.settle([0.9, 0.001], [0.001, None]) == ["tied", "separated"]
+    assert stats.settle([0.004, 0.5], [0.001, 0.5]) == ["tied", "open"]  # the smaller p names the call
+    # a separation found without a margin is found with one too
+    assert stats.settle([0.001, 0.02], [0.002, 0.03], 0.05) == ["separated", "separated"]
+    rng = np.random.default_rng(RNG_SEED + 9)
+    trials, wrong = 400, 0
+    for _ in range(trials):  # pair 1: equal means (separated is wrong); pair 2: a margin apart (tied is)
+        a, b, c, d = rng.normal(0, 1, 5), rng.normal(0, 1, 5), rng.normal(1, 1, 5), rng.normal(0, 1, 5)
+        p_diff = [sps.ttest_ind(a, b, equal_var=False).pvalue, sps.ttest_ind(c, d, equal_var=False).pvalue]
+        calls = stats.settle(p_diff, [stats.equivalence_p(a, b, 1.0), stats.equivalence_p(c, d, 1.0)], 0.05)
+        wrong += calls[0] == "separated" or calls[1] == "tied"
+    assert wrong / trials <= _binomial_band(0.05, trials)[1]
+
+
 def test_holm_step_down():
     assert stats.holm([0.01, 0.04, 0.03]) == [True, False, False]  # 0.01 <= .05/3; 0.03 > .05/2
     assert stats.holm([0.01, 0.02, 0.03]) == [True, True, True]  # .01<=.0167, .02<=.025, .03<=.05

@@ -124,7 +124,7 @@ def test_with_tie_within_two_configurations_at_chance_are_tied_early_and_a_real_
     assert seeds_of(record)["mixer=a"] == 3 and max(seeds_of(record).values()) < 10
     pair = record["looks"][-1]["pairs"][1]
     assert pair["tied"] and not pair["separated"] and pair["tie_p_value"] <= record["rule"]["alpha_per_look"]
-    assert "tied when two one-sided Welch tests" in record["rule"]["description"]
+    assert "tied instead when two one-sided Welch tests" in record["rule"]["description"]
     # the shipped default is off: the same pair runs to the cap, as without the setting
     off, _ = run_sweeper(tmp_path / "off", {"b": 10.0, "c": 10.0}, sd=0.3)
     assert off["stopped"] == "cap" and off["looks"][-1]["pairs"][0]["tied"] is False

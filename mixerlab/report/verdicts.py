@@ -42,8 +42,9 @@ METHODS = {
                      "threshold: the identity mixer's upper t bound on the task, and at least chance + 10% "
                      "of (100 − chance) (a bound of a mean is no range for single seeds); learned: above "
                      "the threshold; learn rate: Wilson interval",
-    "tied": "with a margin (scripts/report.py --tie-within M): a pair not separated whose difference two "
-            "one-sided Welch tests (TOST) put inside ±M, Holm-Bonferroni over those pairs at alpha",
+    "tied": "with a margin (scripts/report.py --tie-within M): a pair whose difference two one-sided Welch "
+            "tests (TOST) put inside ±M; one Holm-Bonferroni over the task's pairs, each represented by the "
+            "smaller of its Welch and TOST p (the chance of any wrong call, separated or tied, ≤ alpha)",
     "aggregate": "IQM of chance-normalised top-1 ((top-1 − chance) / (100 − chance)) over every run on every "
                  "task, stratified bootstrap interval (runs resampled within their task)",
 }
@@ -99,11 +100,11 @@ class PairVerdict:
     key: str
     contrast: str  # "mixer=attention vs mixer=pooling"
     comparison: stats.Comparison
-    separated: bool = False  # by Holm over the task's pairs
+    separated: bool = False  # by Holm over the task's pairs (stats.settle)
     seeds_needed: int | None = None
     tie_within: float | None = None  # the margin it was tested against, where one was given
-    tie_p_value: float | None = None  # TOST p, for a pair not separated
-    tied: bool = False  # by Holm over the task's pairs not separated
+    tie_p_value: float | None = None  # TOST p, where a margin was given
+    tied: bool = False  # settled as tied by the same Holm (stats.settle)
 
     @property
     def seeds(self) -> str:
@@ -275,8 +276,8 @@ def _threshold(task: Task, cells: list[ConfigCell]) -> tuple[float | None, str |
 def task_statistics(task: Task, groups: list[ConfigGroup], alpha: float = stats.ALPHA,
                     tie_within: float | None = None) -> TaskStatistics:
     """Cells, seed-unstable flags and Holm-corrected pair verdicts of one task's configurations; with
-    ``tie_within``, the pairs not separated are tested for a difference inside ±tie_within (TOST), with Holm
-    over them at the same alpha."""
+    ``tie_within``, every pair is also tested for a difference inside ±tie_within (TOST), and one Holm over
+    the pairs settles each as separated or tied (``stats.settle``)."""
     cells = []
     for group in groups:
         values = group.values("top1")
@@ -295,18 +296,15 @@ def task_statistics(task: Task, groups: list[ConfigGroup], alpha: float = stats.
             difference = one_key_difference(a.group, b.group)
             if difference:
                 pairs.append(PairVerdict(a, b, *difference, stats.compare(a.values, b.values)))
-    for pair, separated in zip(pairs, stats.holm([p.comparison.p_value for p in pairs], alpha), strict=True):
-        pair.separated = separated
-        if not separated:
-            pair.seeds_needed = stats.seeds_to_separate(pair.a.values, pair.b.values, alpha / len(pairs))
-    if tie_within is not None:
-        open_pairs = [p for p in pairs if not p.separated]
-        for pair in open_pairs:
+    for pair in pairs:
+        if tie_within is not None:
             pair.tie_within = tie_within
             pair.tie_p_value = stats.equivalence_p(pair.a.values, pair.b.values, tie_within)
-        verdicts = stats.holm([p.tie_p_value for p in open_pairs], alpha)
-        for pair, tied in zip(open_pairs, verdicts, strict=True):
-            pair.tied = tied
+    states = stats.settle([p.comparison.p_value for p in pairs], [p.tie_p_value for p in pairs], alpha)
+    for pair, state in zip(pairs, states, strict=True):
+        pair.separated, pair.tied = state == "separated", state == "tied"
+        if state == "open":
+            pair.seeds_needed = stats.seeds_to_separate(pair.a.values, pair.b.values, alpha / len(pairs))
     return TaskStatistics(task, cells, pairs, threshold, source)
 
 
