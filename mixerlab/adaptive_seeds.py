@@ -48,6 +48,7 @@ from typing import Any
 from mixerlab.stats import (
     compare,
     equivalence_p,
+    is_margin,
     learned_band,
     learned_floor,
     seed_unstable,
@@ -100,9 +101,7 @@ class SeedRule:
                                 or not isinstance(self.learned_above, (int, float))):
             raise ValueError(f"hydra.sweeper.learned_above={self.learned_above!r}: auto, null (no check) or "
                              f"the {self.metric} a seed must exceed to count as having learned the task")
-        if self.tie_within is not None and (isinstance(self.tie_within, bool)
-                                            or not isinstance(self.tie_within, (int, float))
-                                            or not 0 < self.tie_within < math.inf):
+        if self.tie_within is not None and not is_margin(self.tie_within):
             raise ValueError(f"hydra.sweeper.tie_within={self.tie_within!r}: null (off) or a positive margin "
                              f"in units of {self.metric}: a pair whose difference is shown to lie inside it "
                              "is tied")

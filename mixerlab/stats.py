@@ -156,6 +156,13 @@ def holm(p_values: Sequence[float], alpha: float = ALPHA) -> list[bool]:
     return rejected
 
 
+def is_margin(value: object) -> bool:
+    """A usable equivalence margin: a finite number above 0 (not a bool). The sweeper's ``tie_within``, the
+    report's ``--tie-within`` and :func:`equivalence_p` accept the same values."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and 0 < value < math.inf)
+
+
 def equivalence_p(a: Sequence[float], b: Sequence[float], margin: float) -> float:
     """p-value of "the true difference of means lies inside ±``margin``", by two one-sided Welch tests
     (TOST: ``scipy.stats.ttest_ind`` against −margin and against +margin; the larger p). p ≤ alpha means the
@@ -164,7 +171,7 @@ def equivalence_p(a: Sequence[float], b: Sequence[float], margin: float) -> floa
     With one seed on either side nothing bounds the difference: p = 1. With zero spread on both sides the
     difference is exact: p = 0 strictly inside the margin, else 1."""
     x, y = _array(a), _array(b)
-    if not (isinstance(margin, (int, float)) and margin > 0):
+    if not is_margin(margin):
         raise ValueError(f"equivalence margin {margin!r}: a positive number (units of the metric)")
     if x.size < 2 or y.size < 2:
         return 1.0

@@ -13,6 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from mixerlab import stats  # noqa: E402
 from mixerlab.errors import ConfigError, DiskFullError  # noqa: E402
 from mixerlab.report import SweepReport  # noqa: E402
 
@@ -27,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
                              "its top-1 difference inside ±M points (off by default; the sweeper's "
                              "hydra.sweeper.tie_within)")
     args = parser.parse_args(argv)
-    if args.tie_within is not None and not 0 < args.tie_within < float("inf"):
+    if args.tie_within is not None and not stats.is_margin(args.tie_within):
         parser.error(f"--tie-within {args.tie_within:g}: a positive margin in top-1 points")
     try:
         report = SweepReport(args.sweep_dirs, tie_within=args.tie_within)

@@ -112,8 +112,9 @@ def test_equivalence_degenerate_cases():
     assert stats.equivalence_p([10.0, 10.0], [10.0, 10.0, 10.0], 0.5) == 0.0  # exact, inside
     assert stats.equivalence_p([10.0, 10.0], [11.0, 11.0], 0.5) == 1.0  # exact, outside
     assert stats.equivalence_p([10.0], [10.0, 10.1], 5.0) == 1.0  # one seed bounds nothing
-    with pytest.raises(ValueError, match="equivalence margin -1"):
-        stats.equivalence_p([1.0, 2.0], [1.0, 2.0], -1)
+    for bad in (-1, 0, math.inf, True):  # the margins the sweeper and the report refuse too
+        with pytest.raises(ValueError, match=f"equivalence margin {bad!r}"):
+            stats.equivalence_p([1.0, 2.0], [1.0, 2.0], bad)
 
 
 def test_settle_calls_each_pair_by_its_smaller_p_and_holds_the_family_wise_error():

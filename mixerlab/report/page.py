@@ -17,6 +17,8 @@ import time
 from functools import cached_property
 from pathlib import Path
 
+from mixerlab import stats
+from mixerlab.adaptive_seeds import RECORD_NAME
 from mixerlab.report.formatting import fmt, fmt_interval, fmt_stat, rel_link, si
 from mixerlab.report.plots import (
     clean_vs_shifted_plot,
@@ -146,7 +148,7 @@ def sweeper_records(sweep_dirs: list[Path]) -> list[tuple[Path, dict]]:
 
     found = []
     for sweep_dir in sweep_dirs:
-        path = sweep_dir / "until_separated.json"
+        path = sweep_dir / RECORD_NAME
         record = read_derived_json(path, "adaptive sweep record", "the report leaves its looks out; run the "
                                    "same sweep command again to rewrite it")
         if record is not None:
@@ -181,8 +183,7 @@ class SweepReport:
     """report.html, report.md and report.json for one or more sweep directories."""
 
     def __init__(self, sweep_dirs: list[str | Path], tie_within: float | None = None) -> None:
-        if tie_within is not None and not (isinstance(tie_within, (int, float))
-                                           and 0 < tie_within < math.inf):
+        if tie_within is not None and not stats.is_margin(tie_within):
             raise ValueError(f"tie_within={tie_within!r}: a positive margin in top-1 points, or None (off)")
         self.tie_within = tie_within  # pairs shown to differ by less than it are "tied" (TOST)
         self.sweep_dirs = [Path(d).resolve() for d in sweep_dirs]
@@ -336,7 +337,7 @@ class SweepReport:
 
     def statistics_json(self) -> dict:
         """report.json: the statistics section's figures, the headline and the methods."""
-        adaptive = [{"sweep": d.name, "record": str(d / "until_separated.json"),
+        adaptive = [{"sweep": d.name, "record": str(d / RECORD_NAME),
                      **{k: r.get(k) for k in ("stopped", "reason", "ranking", "verdicts", "alpha_spent")},
                      "looks": len(r.get("looks") or [])} for d, r in self.adaptive]
         return {"sweeps": self.sweeps, "status": self.status_line(), "headline": self.answer_lines(),
