@@ -105,6 +105,50 @@ def test_digit_task_canvases_are_the_bytes_drawn_before_the_cheaper_draws(task):
     assert digest.hexdigest() == CANVASES_AT_5779EE1[task]
 
 
+@pytest.mark.parametrize("count", [1, 2, 3])
+def test_bank_draw_gives_choices_numbers_and_leaves_the_generator_where_choice_does(count):
+    """DigitBank.draw's plain integers calls stand in for Generator.choice(pool, count, replace=False): the
+    same images and the same generator state after, over many seeds and pool sizes (1 and 2 included)."""
+    from data.digit_tasks import DigitBank
+
+    for pool in (1, 2, 3, 7, 35, 140, 181):
+        if pool < count:
+            continue
+        images = np.arange(10 * pool * 64, dtype=np.int64).reshape(10 * pool, 8, 8)  # every image unique
+        bank = DigitBank(images, np.repeat(np.arange(10), pool))
+        for seed in range(300):
+            ours, theirs = np.random.default_rng(seed), np.random.default_rng(seed)
+            for digit in (seed % 10, (seed + 3) % 10):
+                drawn = bank.draw(ours, digit, count)
+                chosen = theirs.choice(bank.by_class[digit], size=count, replace=False)
+                assert [int(image[0, 0]) // 64 for image in drawn] == chosen.tolist()
+                assert ours.bit_generator.state == theirs.bit_generator.state
+                ours.integers(7), theirs.integers(7)  # a 32-bit draw between: the buffered half-word too
+
+
+def test_validation_canvases_are_the_bytes_drawn_before_the_cheaper_draws():
+    import hashlib
+
+    from data.digit_tasks import render_many
+
+    val_bank = digit_banks()[1]
+    digests = {}
+    for task in sorted(TASKS):
+        images, labels = render_many(task, val_bank, 300, seed=0)
+        digests[task] = hashlib.sha256(images.tobytes() + labels.tobytes()).hexdigest()[:16]
+    assert digests == VAL_CANVASES_AT_82716EC
+
+
+# sha256 (first 16 hex digits) of the first 300 validation canvases and labels per task, computed with
+# data/digit_tasks.py at 82716ec (Generator.choice for the source images, numpy 2.4.6)
+VAL_CANVASES_AT_82716EC = {
+    "marker": "8ec442b5b3fa1d72",
+    "odd_one_out": "6ee1baaafdaaf6ff",
+    "same_different": "1a12586ace8dfa5e",
+    "sum_mod10": "9ae418b38a0e810a",
+}
+
+
 # ---------------------------------------------------------------- batches made in a background thread
 def test_background_thread_serves_the_same_batches_in_the_same_order(tmp_path):
     from data.background import BackgroundLoader
