@@ -438,3 +438,35 @@ def test_an_adaptive_sweeps_report_shows_every_look_and_why_it_stopped_and_skips
         damaged = SweepReport([sweep])
     assert damaged.adaptive == [] and "Seeds until separated" not in damaged.markdown(sweep, {})
     assert f"adaptive sweep record {sweep / 'until_separated.json'} is not valid JSON" in caplog.text
+
+
+def test_an_adaptive_sweep_is_judged_at_its_per_look_alpha_with_its_margin_not_as_a_fixed_sample(tmp_path):
+    """Seeds that a sweeper added by looking are judged as one more look (alpha / planned looks), so the
+    report never calls a pair the sweeper left open; the sweeper's tie margin comes with it."""
+    from mixerlab.adaptive_seeds import SeedRule, judge, record
+
+    seeds = {"spectral": [80.0, 82.0, 81.0, 83.0], "pooling": [77.0, 79.0, 78.0, 80.5]}  # Welch p 0.028
+    fixed = make_task_sweep(tmp_path / "fixed", "odd_one_out", 10, seeds)
+    fixed_report = SweepReport([fixed])
+    assert fixed_report.alpha == stats.ALPHA and fixed_report.tie_within is None
+    assert fixed_report.statistics.tasks[0].pairs[0].separated  # p 0.028 < 0.05: a fixed sample separates
+
+    sweep = make_task_sweep(tmp_path / "adaptive", "odd_one_out", 10, seeds)
+    rule = SeedRule(tie_within=2, max_seeds=4)
+    look = judge(2, {f"mixer={m}": [0, 1, 2, 3] for m in seeds}, {f"mixer={m}": v for m, v in seeds.items()},
+                 rule)
+    (sweep / "until_separated.json").write_text(json.dumps(record(rule, [look], "python train.py -m ...")))
+    report = SweepReport([sweep])
+    per_look = json.loads((sweep / "until_separated.json").read_text())["rule"]["alpha_per_look"]
+    assert report.alpha == per_look == pytest.approx(0.05 / 2) and report.tie_within == 2
+    pair = report.statistics.tasks[0].pairs[0]
+    assert not pair.separated and pair.verdict.startswith("not separated")  # as the sweeper left it
+    report.write(sweep)
+    data = json.loads((sweep / "report.json").read_text())
+    assert data["alpha"] == per_look and data["tie_within"] == 2
+    assert "per-look alpha" in data["alpha_source"]
+    assert any(line.startswith(f"The adaptive sweep stopped ({look.stop}") for line in data["headline"])
+    assert not any("Or let the sweeper add seeds" in line for line in data["headline"])
+    assert f"alpha {per_look:g}: the adaptive sweep's per-look alpha" in (sweep / "report.md").read_text()
+    # an explicit margin still wins over the sweeper's
+    assert SweepReport([sweep], tie_within=5).tie_within == 5

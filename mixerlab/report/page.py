@@ -156,6 +156,19 @@ def sweeper_records(sweep_dirs: list[Path]) -> list[tuple[Path, dict]]:
     return found
 
 
+def adaptive_rule(records: list[tuple[Path, dict]]) -> tuple[float, float | None]:
+    """(alpha, tie margin) for a report that holds adaptive sweeps: the sweepers' per-look alpha and margin.
+
+    An adaptive sweep's seeds were added by looking at them, so testing its final seeds once at alpha would
+    ignore every earlier look (the optional-stopping trap): the report judges them as one more look of the
+    sweep, at the per-look alpha the sweeper spent (alpha / its planned looks), and with its tie margin.
+    Several sweeps: the smallest of each. No adaptive sweep: ``stats.ALPHA`` and no margin."""
+    rules = [record.get("rule") if isinstance(record.get("rule"), dict) else {} for _, record in records]
+    alphas = [a for rule in rules if isinstance(a := rule.get("alpha_per_look"), float) and 0 < a < 1]
+    margins = [m for rule in rules if stats.is_margin(m := rule.get("tie_within"))]
+    return min([stats.ALPHA, *alphas]), min(margins, default=None)
+
+
 def looks_rows(record: dict) -> list[list[str]]:
     """One row per look of an adaptive sweep: its alpha, each configuration's seed count, each adjacent pair
     of the ranking with its Welch p and whether it is separated, tied or open, and the seeds it asked for."""
@@ -197,10 +210,13 @@ class SweepReport:
         self.varied = list(dict.fromkeys(k for r in self.runs for k in r.choices if k != "mixer"))
         self.json_path: Path | None = None  # report.json, once written
         self.adaptive = sweeper_records(self.sweep_dirs)  # until_separated.json of adaptive sweeps
+        self.alpha, rule_margin = adaptive_rule(self.adaptive)
+        if self.tie_within is None:
+            self.tie_within = rule_margin
 
     @cached_property
     def statistics(self) -> ReportStatistics:
-        return report_statistics(self.groups, tie_within=self.tie_within)
+        return report_statistics(self.groups, alpha=self.alpha, tie_within=self.tie_within)
 
     # ------------------------------------------------------------------ the answer
     def answer_lines(self) -> list[str]:
@@ -251,9 +267,15 @@ class SweepReport:
                         else f" (seeds to separate: {pair.seeds_to_separate})")
             lines = [f"No verdict: top two ({top.row} {top.summary.mean:.2f}, {second.row} "
                      f"{second.summary.mean:.2f}) {why}{estimate}; run more seeds: "
-                     + self.next_command([top, second], pair.seeds_needed if pair else None),
-                     "Or let the sweeper add seeds only where the ranking is still open (a new sweep, seeds "
-                     "from 0, up to 10 each): " + self.adaptive_command(task.cells)]
+                     + self.next_command([top, second], pair.seeds_needed if pair else None)]
+            stopped = [record for sweep_dir, record in self.adaptive
+                       if any(run.sweep == sweep_dir.name for cell in task.cells for run in cell.group.runs)]
+            if stopped:
+                lines.append(f"The adaptive sweep stopped ({stopped[0].get('stopped')}): "
+                             f"{stopped[0].get('reason')}")
+            else:
+                lines.append("Or let the sweeper add seeds only where the ranking is still open (a new "
+                             "sweep, seeds from 0, up to 10 each): " + self.adaptive_command(task.cells))
         others = [c for c in task.cells[1:] if (p := task.pair(top, c)) is not None and not p.separated]
         if others:
             close = [top, *others]
@@ -333,7 +355,8 @@ class SweepReport:
                 for task in self.statistics.tasks for cell in task.cells if cell.unstable]
 
     def method_lines(self) -> list[str]:
-        return [f"{name.replace('_', ' ')}: {text}" for name, text in METHODS.items()]
+        lines = [f"{name.replace('_', ' ')}: {text}" for name, text in METHODS.items()]
+        return lines + ([f"alpha {self.alpha:g}: {self.alpha_source()}"] if self.adaptive else [])
 
     def statistics_json(self) -> dict:
         """report.json: the statistics section's figures, the headline and the methods."""
@@ -342,7 +365,13 @@ class SweepReport:
                      "looks": len(r.get("looks") or [])} for d, r in self.adaptive]
         return {"sweeps": self.sweeps, "status": self.status_line(), "headline": self.answer_lines(),
                 "unstable": self.unstable_notes(), **statistics_json(self.statistics),
-                "until_separated": adaptive}
+                "alpha_source": self.alpha_source(), "until_separated": adaptive}
+
+    def alpha_source(self) -> str:
+        if not self.adaptive:
+            return "the report's alpha"
+        return ("the adaptive sweep's per-look alpha (alpha / its planned looks): its seeds were added by "
+                "looking, so the report judges them as one more look, not as a fixed-size sample")
 
     def memory_note(self) -> str | None:
         """How the runs' step memory was measured (summary.json ``step_memory_method`` and batch)."""
