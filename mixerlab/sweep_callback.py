@@ -90,9 +90,9 @@ class SweepCallback(Callback):
         if not self.report:
             return
         try:
-            # the adaptive sweeper's margin, so that the report calls the same pairs tied as the sweep did
-            tie_within = OmegaConf.select(config, "hydra.sweeper.tie_within", default=None)
-            report = SweepReport([self.sweep_dir], tie_within=tie_within)
+            # an adaptive sweep's alpha and tie margin come from its until_separated.json, which the sweeper
+            # has written by now
+            report = SweepReport([self.sweep_dir])
             html, _ = report.write(self.sweep_dir)
             print(f"report: {html} | statistics: {report.json_path}", flush=True)
         except Exception:  # a report bug must not hide the sweep's results: scripts/report.py can redo it
