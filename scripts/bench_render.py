@@ -53,8 +53,7 @@ def load_renderer(rev: str, folder: Path):
     return module
 
 
-def render_all(module, task: str, keys: list[tuple[int, int]]) -> tuple[float, bytes]:
-    bank = module.digit_banks()[0]
+def render_all(module, bank, task: str, keys: list[tuple[int, int]]) -> tuple[float, bytes]:
     start = time.perf_counter()
     canvases = [module.render(task, bank, index, seed) for index, seed in keys]
     seconds = time.perf_counter() - start
@@ -74,13 +73,14 @@ def main(argv: list[str] | None = None) -> dict:
     figures = {}
     with tempfile.TemporaryDirectory() as folder:
         other = load_renderer(args.against, Path(folder))
+        banks = {"this": current.digit_banks()[0], "other": other.digit_banks()[0]}  # each module's own
         for task in args.tasks:
             times: dict[str, list[float]] = {"this": [], "other": []}
             outputs = {}
             for round_ in range(args.rounds):
                 order = [("this", current), ("other", other)]
                 for label, module in order if round_ % 2 == 0 else order[::-1]:
-                    seconds, outputs[label] = render_all(module, task, keys)
+                    seconds, outputs[label] = render_all(module, banks[label], task, keys)
                     times[label].append(seconds / args.count * 1e6)
             this, theirs = statistics.median(times["this"]), statistics.median(times["other"])
             figures[task] = {"this_us": round(this, 1), "other_us": round(theirs, 1),
