@@ -452,6 +452,10 @@ def test_an_adaptive_sweep_is_judged_at_its_per_look_alpha_with_its_margin_not_a
     assert fixed_report.statistics.tasks[0].pairs[0].separated  # p 0.028 < 0.05: a fixed sample separates
 
     sweep = make_task_sweep(tmp_path / "adaptive", "odd_one_out", 10, seeds)
+    index = json.loads((sweep / "sweep.json").read_text())
+    for job in index["jobs"]:  # as the real sweep's jobs record it
+        job["overrides"].append(f"sweep.name={sweep.name}")
+    (sweep / "sweep.json").write_text(json.dumps(index))
     rule = SeedRule(tie_within=2, max_seeds=4)
     look = judge(2, {f"mixer={m}": [0, 1, 2, 3] for m in seeds}, {f"mixer={m}": v for m, v in seeds.items()},
                  rule)
@@ -467,6 +471,12 @@ def test_an_adaptive_sweep_is_judged_at_its_per_look_alpha_with_its_margin_not_a
     assert "per-look alpha" in data["alpha_source"]
     assert any(line.startswith(f"The adaptive sweep stopped ({look.stop}") for line in data["headline"])
     assert not any("Or let the sweeper add seeds" in line for line in data["headline"])
+    # what to run next is a sweep of its own on seeds the adaptive one never used, not more seeds in it
+    assert data["headline"][0].endswith("not separated at n=4 seeds (seeds to separate: 6).")
+    assert not any("run more seeds" in line for line in data["headline"])
+    fresh = next(line for line in data["headline"] if "report that sweep alone" in line)
+    assert fresh.endswith("python train.py -m experiment=proxy_odd_one_out mixer=spectral,pooling "
+                          f"seed=4,5,6,7,8,9 sweep.name={sweep.name}-fresh")
     assert f"alpha {per_look:g}: the adaptive sweep's per-look alpha" in (sweep / "report.md").read_text()
     # an explicit margin still wins over the sweeper's
     assert SweepReport([sweep], tie_within=5).tie_within == 5

@@ -265,15 +265,25 @@ class SweepReport:
                    else f"not separated at {pair.seeds} seed{'' if pair.seeds == 'n=1' else 's'}")
             estimate = ("" if pair is None or pair.seeds_to_separate.startswith("unknown")
                         else f" (seeds to separate: {pair.seeds_to_separate})")
-            lines = [f"No verdict: top two ({top.row} {top.summary.mean:.2f}, {second.row} "
-                     f"{second.summary.mean:.2f}) {why}{estimate}; run more seeds: "
-                     + self.next_command([top, second], pair.seeds_needed if pair else None)]
-            stopped = [record for sweep_dir, record in self.adaptive
+            verdict = (f"No verdict: top two ({top.row} {top.summary.mean:.2f}, {second.row} "
+                       f"{second.summary.mean:.2f}) {why}{estimate}")
+            seeds_needed = pair.seeds_needed if pair else None
+            stopped = [(sweep_dir, record) for sweep_dir, record in self.adaptive
                        if any(run.sweep == sweep_dir.name for cell in task.cells for run in cell.group.runs)]
             if stopped:
-                lines.append(f"The adaptive sweep stopped ({stopped[0].get('stopped')}): "
-                             f"{stopped[0].get('reason')}")
+                sweep_dir, record = stopped[0]
+                beyond = pair is not None and pair.seeds_to_separate.startswith(">")
+                lines = [verdict + ".",
+                         f"The adaptive sweep stopped ({record.get('stopped')}): {record.get('reason')}",
+                         "Its seeds were added by looking at them, so a seed added to it now would be one "
+                         "more look that its alpha did not plan for. To settle the pair, run fresh seeds as "
+                         "a sweep of their own and report that sweep alone: "
+                         + self.fresh_command([top, second], SEEDS_SHOWN if beyond else seeds_needed,
+                                              f"{sweep_dir.name}-fresh")
+                         + (f" (the estimate is over {SEEDS_SHOWN} seeds each; {SEEDS_SHOWN} shown)" if beyond
+                            else "")]
             else:
+                lines = [verdict + "; run more seeds: " + self.next_command([top, second], seeds_needed)]
                 lines.append("Or let the sweeper add seeds only where the ranking is still open (a new "
                              "sweep, seeds from 0, up to 10 each): " + self.adaptive_command(task.cells))
         others = [c for c in task.cells[1:] if (p := task.pair(top, c)) is not None and not p.separated]
@@ -300,6 +310,17 @@ class SweepReport:
         used = {run.summary.get(SEED_KEY) for run in runs}
         new = [s for s in range(len(used) + total) if s not in used][:max(1, total - have)]
         return shlex.join(["python", "train.py", "-m", *_swept(runs), f"seed={','.join(map(str, new))}"])
+
+    @staticmethod
+    def fresh_command(cells: list[ConfigCell], seeds_needed: int | None, name: str) -> str:
+        """The configurations again as a fixed sweep named ``name``, on seeds none of their runs used: as many
+        as the estimate says separate them, from 5 up to 10."""
+        runs = [run for cell in cells for run in cell.group.runs]
+        start = 1 + max((s for run in runs if isinstance(s := run.summary.get(SEED_KEY), int)), default=-1)
+        count = min(SEEDS_SHOWN, max(5, seeds_needed or 5))
+        swept = [o for o in _swept(runs) if o.partition("=")[0] != "sweep.name"]
+        seeds = ",".join(map(str, range(start, start + count)))
+        return shlex.join(["python", "train.py", "-m", *swept, f"seed={seeds}", f"sweep.name={name}"])
 
     @staticmethod
     def adaptive_command(cells: list[ConfigCell]) -> str:
