@@ -22,7 +22,9 @@ Measured in one process, warm-up steps excluded, medians over rounds:
              in this process, a fresh run directory each round, with the preset's data, callbacks, progress
              bar, checkpoints and loggers. Its figure is the run's own ``train_images_per_s`` (summary.json:
              training images / the epoch's training seconds, data, hooks and checkpoints included,
-             validation not); rounds alternate, the ratio is the median of per-round ratios.
+             validation not); rounds alternate, the ratio is the median of per-round ratios. The bare step
+             is timed over one epoch's steps of the run unless --steps says otherwise, so that both sides
+             sample the machine over the same stretch of time.
   precision  (--compare-precision P) the bare step in the configured precision against the same model (same
              initial weights, same batch) in precision P, alternating (ABBA); the ratio is P's images/s over
              the configured one's, the median of per-round ratios. Decides a mixer's precision by measurement.
@@ -544,7 +546,10 @@ def full_run_vs_step(cfg: DictConfig, args, device: torch.device, report: dict) 
     images, targets = synthetic_batch(cfg, device)
     backbone = build_backbone(cfg).to(device)
     recipe = build_recipe(cfg, backbone)
-    workers = build_datamodule(cfg).num_workers
+    datamodule = build_datamodule(cfg)
+    workers = datamodule.num_workers
+    if args.steps is None:  # the run's epoch: 20 steps caught a 2-core VM's fast or slow spells
+        args.steps = datamodule.check_optimizer_steps(1, cfg.trainer.get("limit_train_batches"))
     applied = apply_fast_path(cfg.get("fastpath"), backbone, num_workers=workers)
     optimizer = make_optimizer(backbone, cfg.recipe, float(cfg.recipe.lr), cfg.recipe.get("opt_impl", "auto"),
                                device)
@@ -578,6 +583,7 @@ def full_run_vs_step(cfg: DictConfig, args, device: torch.device, report: dict) 
     report["full_run"] = {
         "bare_images_per_s": median(bare.images_per_s, 1),
         "bare_images_per_s_rounds": [round(x, 1) for x in bare.images_per_s],
+        "bare_steps_per_round": args.steps,
         "full_images_per_s": median(full_rate, 1),
         "full_images_per_s_rounds": [round(x, 1) for x in full_rate],
         "full_wall_s_rounds": full_wall,
@@ -677,7 +683,13 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         "--timm-like-ours", action="store_true", help="give timm our fast path (compile, optimizer kernel)"
     )
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (medians are over rounds)")
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per model per round")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="timed steps per model per round (default 3; with --full-run, the steps of one training epoch "
+        "of the run, so that the bare step and the run are timed over the same stretch of time)",
+    )
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (compile happens here)")
     parser.add_argument(
         "--lightning-only", action="store_true", help="only the Lightning vs plain loop comparison"
@@ -714,8 +726,11 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         parser.error(f"unknown options {unknown}; Hydra overrides look like key=value")
     if args.smoke:
         overrides = (SMOKE_FULL_RUN_OVERRIDES if args.full_run else SMOKE_OVERRIDES) + overrides
-        args.rounds, args.steps, args.warmup = min(args.rounds, 2), min(args.steps, 2), 1
-    if args.warmup < 1 or args.steps < 1 or args.rounds < 1:
+        args.rounds, args.warmup = min(args.rounds, 2), 1
+        args.steps = None if args.steps is None else min(args.steps, 2)
+    if args.steps is None and not args.full_run:
+        args.steps = 3
+    if args.warmup < 1 or (args.steps is not None and args.steps < 1) or args.rounds < 1:
         parser.error("--warmup, --steps and --rounds must be at least 1")
     return args, overrides
 

@@ -60,6 +60,8 @@ def test_full_run_smoke_prints_the_bare_step_and_the_full_run_side_by_side(tmp_p
     full = json.loads(proc.stdout.strip().splitlines()[-1])["full_run"]
     assert full["bare_images_per_s"] > 0 and full["full_images_per_s"] > 0 and full["ratio"] > 0
     assert len(full["ratio_rounds"]) == len(full["full_images_per_s_rounds"]) == 2
+    assert full["bare_steps_per_round"] == 256 // 32  # by default the run's epoch: 256 samples, batch 32
+    assert "(median of 2 rounds x 8 steps)" in proc.stdout
     assert full["same_weights_every_round"]  # each round a fresh run of the same seed
 
 
