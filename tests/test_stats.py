@@ -5,6 +5,7 @@ family-wise error, and the degenerate cases of few seeds give honest (unbounded 
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -90,6 +91,22 @@ def test_zero_spread_on_both_sides():
     assert apart.p_value == 0.0 and apart.prob_improvement == 1.0 and apart.seeds_needed == 2
     equal = stats.compare([10.0, 10.0], [10.0, 10.0, 10.0])
     assert equal.p_value == 1.0 and equal.prob_improvement == 0.5 and equal.seeds_needed is None
+
+
+def test_zero_spread_on_one_side_is_a_one_sample_test_of_the_other_and_warns_nothing():
+    """A mixer that predicts one class on every seed scores exactly chance each time (attention on
+    Pathfinder: 50.00 three times). Welch's test then reduces to the other side's one-sample t-test against
+    that value, and scipy's precision-loss warning about the constant side is not passed on."""
+    learned, constant = [54.92, 55.27, 55.50], [50.0, 50.0, 50.0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        c = stats.compare(learned, constant)
+        tie = stats.equivalence_p(learned, constant, 6.0)
+    assert c.p_value == pytest.approx(sps.ttest_1samp(learned, 50.0).pvalue, rel=1e-9)
+    one_sample = sps.ttest_1samp(learned, 50.0).confidence_interval(0.95)
+    assert (c.interval.low, c.interval.high) == pytest.approx((one_sample.low - 50.0, one_sample.high - 50.0))
+    # inside ±6: the larger of the one-sided tests, against 56 (the binding side)
+    assert tie == pytest.approx(sps.ttest_1samp(learned, 56.0, alternative="less").pvalue, rel=1e-9)
 
 
 def test_equivalence_is_the_interval_inside_the_margin_and_holds_its_level_at_the_boundary():
