@@ -267,6 +267,17 @@ def judge(number: int, tried: Mapping[str, Sequence[int]], values: Mapping[str, 
     return look
 
 
+def pair_state(pair: Mapping[str, Any], tie_p: bool = False) -> str:
+    """An adjacent pair's state at a look, as recorded: "separated", "tied" (with its TOST p when asked) or
+    "open". Read with ``get``: the report reads it from an ``until_separated.json`` that may be older."""
+    if pair.get("separated"):
+        return "separated"
+    if pair.get("tied"):
+        return f"tied (TOST p {pair['tie_p_value']:.3g})" if tie_p and pair.get("tie_p_value") is not None \
+            else "tied"
+    return "open"
+
+
 def record(rule: SeedRule, looks: Sequence[Look], command: str) -> dict:
     """``until_separated.json``: the rule, every look, and why the sweep stopped."""
     last = looks[-1] if looks else None

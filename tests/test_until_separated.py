@@ -23,8 +23,8 @@ import pytest
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
-from hydra_plugins.mixerlab_sweeps.until_separated import UntilSeparatedSweeper, longest_first
-from mixerlab.adaptive_seeds import RECORD_NAME, SeedRule
+from hydra_plugins.mixerlab_sweeps.until_separated import UntilSeparatedSweeper, _look_line, longest_first
+from mixerlab.adaptive_seeds import RECORD_NAME, SeedRule, judge, pair_state
 from tests.conftest import REPO, every_json_parses, kill_sweep_when
 from tests.faults import ENV as FAULTS_ENV
 
@@ -332,3 +332,17 @@ def test_a_sweep_killed_mid_job_then_run_again_skips_the_finished_jobs_and_compl
     record = json.loads((sweep_dir / RECORD_NAME).read_text())
     assert len(record["looks"]) == 1 and record["stopped"] in ("separated", "cap")
     every_json_parses(tmp_path)
+
+
+def test_a_pairs_state_reads_the_same_in_the_console_line_and_the_report_and_from_an_older_record():
+    rule = SeedRule(tie_within=2, max_seeds=4)
+    tied = judge(2, {"mixer=a": [0, 1, 2, 3], "mixer=b": [0, 1, 2, 3]},
+                 {"mixer=a": [97.0, 97.1, 96.9, 97.0], "mixer=b": [97.05, 97.0, 96.95, 97.1]}, rule)
+    pair = tied.pairs[0]
+    assert pair["tied"] and not pair["separated"]
+    assert pair_state(pair) == "tied"
+    assert pair_state(pair, tie_p=True) == f"tied (TOST p {pair['tie_p_value']:.3g})"
+    assert f"p {pair['p_value']:.3g} tied (TOST p " in _look_line(tied, rule)
+    assert pair_state({"separated": True, "tied": False}) == "separated"
+    assert pair_state({"p_value": 0.3}) == "open"  # a record written before ties existed
+    assert pair_state({"tied": True}, tie_p=True) == "tied"  # no TOST p recorded: nothing to show

@@ -192,12 +192,9 @@ def _metric(result: JobReturn, summary: dict | None, run_dir: Path, metric: str)
 
 
 def _look_line(look: Any, rule: Any) -> str:
-    def state(pair: dict) -> str:
-        if pair["separated"]:
-            return "separated"
-        return f"tied (TOST p {pair['tie_p_value']:.3g})" if pair["tied"] else "open"
+    from mixerlab.adaptive_seeds import pair_state
 
-    pairs = "; ".join(f"{p['better']} vs {p['worse']}: p {p['p_value']:.3g} {state(p)}"
+    pairs = "; ".join(f"{p['better']} vs {p['worse']}: p {p['p_value']:.3g} {pair_state(p, tie_p=True)}"
                       for p in look.pairs) or "no pairs"
     nxt = ", ".join(f"{label} +{len(seeds)}" for label, seeds in look.next_seeds.items())
     unstable = "; ".join(f"{label} {text}" for label, text in look.unstable.items())

@@ -18,7 +18,7 @@ from functools import cached_property
 from pathlib import Path
 
 from mixerlab import stats
-from mixerlab.adaptive_seeds import RECORD_NAME
+from mixerlab.adaptive_seeds import RECORD_NAME, pair_state
 from mixerlab.report.formatting import fmt, fmt_interval, fmt_stat, rel_link, si
 from mixerlab.report.plots import (
     clean_vs_shifted_plot,
@@ -172,17 +172,12 @@ def adaptive_rule(records: list[tuple[Path, dict]]) -> tuple[float, float | None
 def looks_rows(record: dict) -> list[list[str]]:
     """One row per look of an adaptive sweep: its alpha, each configuration's seed count, each adjacent pair
     of the ranking with its Welch p and whether it is separated, tied or open, and the seeds it asked for."""
-    def state(pair: dict) -> str:
-        if pair.get("separated"):
-            return "separated"
-        return "tied" if pair.get("tied") else "open"
-
     rows = []
     for look in record.get("looks") or []:
         configs = look.get("configs") or {}
         counts = sorted({entry.get("n", 0) for entry in configs.values()})
         pairs = "; ".join(f"{p.get('better')} vs {p.get('worse')}: p {p.get('p_value', float('nan')):.2g} "
-                          f"{state(p)}" for p in look.get("pairs") or [])
+                          f"{pair_state(p)}" for p in look.get("pairs") or [])
         following = ", ".join(f"{label} +{len(seeds)}"
                               for label, seeds in (look.get("next_seeds") or {}).items())
         alpha = f"{look.get('alpha', 0):.4g} ({look.get('alpha_spent', 0):.4g})"
