@@ -238,6 +238,31 @@ def test_pairs_one_key_apart_get_verdicts_with_holm_over_the_task(two_tasks):
     assert close.seeds_to_separate.isdigit() or close.seeds_to_separate == ">10"
 
 
+
+@pytest.mark.parametrize(("a", "b", "state", "shown", "beyond"), [
+    ([80.0, 81.0, 79.0], [10.0, 11.0, 9.0], "separated", "—", False),
+    ([10.0, 10.5, 9.5], [10.2, 9.8, 10.1], "tied", "— (tied)", False),
+    ([30.0, 70.0, 72.0], [10.0, 11.0, 9.0], "open", None, None),  # the count the estimate gives
+    ([10.0, 14.0, 6.0], [10.1, 13.9, 6.2], "open", ">10", True),  # past the search: tiny difference
+    ([40.0], [10.0], "open", "unknown (needs 2+ seeds each)", False),
+    ([10.0, 12.0], [12.0, 10.0], "open", "unknown (no difference)", False),
+])
+def test_an_open_pairs_seeds_to_separate_reads_a_count_more_than_shown_or_unknown(a, b, state, shown, beyond):
+    from types import SimpleNamespace
+
+    from mixerlab.report.verdicts import SEEDS_SHOWN, PairVerdict
+
+    pair = PairVerdict(SimpleNamespace(n=len(a), row="A", unstable=False),
+                       SimpleNamespace(n=len(b), row="B", unstable=False), "mixer", "A vs B",
+                       stats.compare(a, b), separated=state == "separated", tied=state == "tied",
+                       tie_within=2.0 if state == "tied" else None,
+                       seeds_needed=stats.seeds_to_separate(a, b, 0.05))
+    if shown is None:
+        assert pair.seeds_needed is not None and pair.seeds_needed <= SEEDS_SHOWN
+        shown, beyond = str(pair.seeds_needed), False
+    assert pair.seeds_to_separate == shown and pair.beyond_shown is beyond
+    assert pair.estimated is (state == "open" and not shown.startswith("unknown"))
+
 def test_a_config_whose_seeds_split_between_chance_and_far_above_is_seed_unstable(two_tasks):
     report, tasks, _, md, _ = two_tasks
     odd = tasks["odd_one_out"]

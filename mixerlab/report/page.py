@@ -140,6 +140,11 @@ def _swept(runs: list) -> list[str]:
     return [f"{key}={','.join(vals)}" for key, vals in values.items() if vals != [""]]
 
 
+
+def _sweep_command(swept: list[str], seeds, *extra: str) -> str:
+    """``python train.py -m <swept> seed=<seeds> <extra>``, quoted for a shell."""
+    return shlex.join(["python", "train.py", "-m", *swept, f"seed={','.join(map(str, seeds))}", *extra])
+
 def sweeper_records(sweep_dirs: list[Path]) -> list[tuple[Path, dict]]:
     """The ``until_separated.json`` of each sweep directory that has one (an adaptive sweep's looks and why it
     stopped). A damaged one is left out of the report with one warning line naming it (the sweeper rewrites
@@ -258,8 +263,8 @@ class SweepReport:
         else:
             why = ("differ in more than one config key (not compared)" if pair is None
                    else f"not separated at {pair.seeds} seed{'' if pair.seeds == 'n=1' else 's'}")
-            estimate = ("" if pair is None or pair.seeds_to_separate.startswith("unknown")
-                        else f" (seeds to separate: {pair.seeds_to_separate})")
+            estimate = (f" (seeds to separate: {pair.seeds_to_separate})"
+                        if pair is not None and pair.estimated else "")
             verdict = (f"No verdict: top two ({top.row} {top.summary.mean:.2f}, {second.row} "
                        f"{second.summary.mean:.2f}) {why}{estimate}")
             seeds_needed = pair.seeds_needed if pair else None
@@ -267,7 +272,7 @@ class SweepReport:
                        if any(run.sweep == sweep_dir.name for cell in task.cells for run in cell.group.runs)]
             if stopped:
                 sweep_dir, record = stopped[0]
-                beyond = pair is not None and pair.seeds_to_separate.startswith(">")
+                beyond = pair is not None and pair.beyond_shown
                 lines = [verdict + ".",
                          f"The adaptive sweep stopped ({record.get('stopped')}): {record.get('reason')}",
                          "Its seeds were added by looking at them, so a seed added to it now would be one "
@@ -304,7 +309,7 @@ class SweepReport:
         total = min(SEEDS_SHOWN, max(have + 1, seeds_needed if seeds_needed else 5))
         used = {run.summary.get(SEED_KEY) for run in runs}
         new = [s for s in range(len(used) + total) if s not in used][:max(1, total - have)]
-        return shlex.join(["python", "train.py", "-m", *_swept(runs), f"seed={','.join(map(str, new))}"])
+        return _sweep_command(_swept(runs), new)
 
     @staticmethod
     def fresh_command(cells: list[ConfigCell], seeds_needed: int | None, name: str) -> str:
@@ -314,8 +319,7 @@ class SweepReport:
         start = 1 + max((s for run in runs if isinstance(s := run.summary.get(SEED_KEY), int)), default=-1)
         count = min(SEEDS_SHOWN, max(5, seeds_needed or 5))
         swept = [o for o in _swept(runs) if o.partition("=")[0] != "sweep.name"]
-        seeds = ",".join(map(str, range(start, start + count)))
-        return shlex.join(["python", "train.py", "-m", *swept, f"seed={seeds}", f"sweep.name={name}"])
+        return _sweep_command(swept, range(start, start + count), f"sweep.name={name}")
 
     @staticmethod
     def adaptive_command(cells: list[ConfigCell]) -> str:

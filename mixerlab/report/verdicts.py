@@ -125,16 +125,33 @@ class PairVerdict:
         return text
 
     @property
+    def beyond_shown(self) -> bool:
+        """An open pair that would take more than ``SEEDS_SHOWN`` seeds each to separate (the estimate says
+        so, or is past its search: ``seeds_needed`` None with a spread and a difference known)."""
+        if self.separated or self.tied:
+            return False
+        if self.seeds_needed is None:  # stats: no spread known, no difference, or past its search
+            return min(self.a.n, self.b.n) >= 2 and self.comparison.diff != 0
+        return self.seeds_needed > SEEDS_SHOWN
+
+    @property
+    def estimated(self) -> bool:
+        """An open pair whose seeds to separate are known: a count, or more than ``SEEDS_SHOWN``."""
+        return not (self.separated or self.tied) and (self.seeds_needed is not None or self.beyond_shown)
+
+    @property
     def seeds_to_separate(self) -> str:
         if self.separated:
             return "—"
         if self.tied:
             return "— (tied)"
-        if self.seeds_needed is None:  # stats: no spread known, no difference, or past its search
+        if self.beyond_shown:
+            return f">{SEEDS_SHOWN}"
+        if self.seeds_needed is None:
             if min(self.a.n, self.b.n) < 2:
                 return "unknown (needs 2+ seeds each)"
-            return "unknown (no difference)" if self.comparison.diff == 0 else f">{SEEDS_SHOWN}"
-        return f">{SEEDS_SHOWN}" if self.seeds_needed > SEEDS_SHOWN else str(self.seeds_needed)
+            return "unknown (no difference)"
+        return str(self.seeds_needed)
 
 
 @dataclass
