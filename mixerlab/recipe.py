@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import fnmatch
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import lightning as L
 import torch
@@ -201,6 +201,10 @@ class Recipe(L.LightningModule):
         self._train_seconds: float | None = None
         self.history: list[dict] = []  # one row per epoch; kept in checkpoints
         self.first_step_at: float | None = None  # perf_counter at the first optimizer step (start-up)
+        self.attempt_wall_s: Callable[[], float] | None = None  # seconds of this attempt so far (train())
+        # seconds earlier attempts took up to the checkpoint this one resumed from; None: the checkpoint
+        # predates this record
+        self.earlier_wall_s: float | None = 0.0
         self.skipped_steps = 0  # non-finite losses skipped under nan_policy=skip
         self._dense_stage: bool | None = None  # recipe.dense_finetune_epochs: the stage last set
 
@@ -414,6 +418,8 @@ class Recipe(L.LightningModule):
         checkpoint["mixer_families"] = pretrained.mixer_families(self.backbone)  # for init.checkpoint surgery
         checkpoint["history"] = list(self.history)
         checkpoint["skipped_steps"] = self.skipped_steps
+        if self.earlier_wall_s is not None and self.attempt_wall_s is not None:
+            checkpoint["wall_s"] = self.earlier_wall_s + self.attempt_wall_s()
         # the epoch's running train loss is per rank: keep every rank's, so a run resumed mid-epoch
         # reports the same epoch mean (all ranks are in here; all_gather stacks them on a new first dim)
         checkpoint["has_aux_loss"] = self._has_aux_loss
@@ -430,6 +436,7 @@ class Recipe(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.history = list(checkpoint.get("history", []))
         self.skipped_steps = int(checkpoint.get("skipped_steps", 0))
+        self.earlier_wall_s = float(checkpoint["wall_s"]) if "wall_s" in checkpoint else None
         self._has_aux_loss = bool(checkpoint.get("has_aux_loss", False))
         rank = self.trainer.global_rank if self._trainer is not None else 0
         for key, metric in self._per_rank_metrics():

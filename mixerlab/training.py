@@ -24,6 +24,7 @@ from mixerlab.loggers import finish_loggers, start_loggers
 from mixerlab.preemption import RequeueOnSignal, owns_requeue
 from mixerlab.pretrained import apply_init
 from mixerlab.randomness import StepSeeding
+from mixerlab.recipe import Recipe
 from mixerlab.run import RunDirectory, git_commit, peak_memory_mb, stop_status
 from mixerlab.schema import validate
 from mixerlab.storage import disk_full
@@ -87,6 +88,20 @@ def check_launcher(trainer: L.Trainer) -> None:
 _process_started_before = False  # jobs of a multirun share one process: only the first pays its start-up
 
 
+
+def _wall(recipe: Recipe, t_start: float, resumed: bool) -> dict:
+    """``wall_s``: the seconds this run's result took over all its attempts: this one, plus what the earlier
+    ones took up to the checkpoint it resumed from (steps lost after that checkpoint and done again count
+    once). A resumed run also gets ``attempt_wall_s``, this attempt alone; where its checkpoint predates the
+    record, ``wall_s`` is this attempt's alone and ``wall_s_covers`` says so."""
+    attempt = round(time.perf_counter() - t_start, 2)
+    if not resumed:
+        return {"wall_s": attempt}
+    if recipe.earlier_wall_s is None:
+        return {"wall_s": attempt, "attempt_wall_s": attempt,
+                "wall_s_covers": "the last attempt only: its checkpoint holds no wall time"}
+    return {"wall_s": round(recipe.earlier_wall_s + attempt, 2), "attempt_wall_s": attempt}
+
 def train(cfg: DictConfig, validated: bool = False) -> dict:
     """One run; ``validated``: the caller has already run :func:`mixerlab.schema.validate` on ``cfg``."""
     global _process_started_before
@@ -102,6 +117,7 @@ def train(cfg: DictConfig, validated: bool = False) -> dict:
     init_report = apply_init(cfg.get("init"), backbone)  # before the recipe's EMA copy and the fast path
     datamodule = build_datamodule(cfg)
     recipe = build_recipe(cfg, backbone)
+    recipe.attempt_wall_s = lambda: time.perf_counter() - t_start  # checkpoints carry it across attempts
     loggers = start_loggers([instantiate(c) for c in (cfg.get("logger") or {}).values() if c], cfg)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     callbacks.append(StepSeeding(cfg.seed))  # exact replay after a resume, whatever the callbacks config
@@ -164,7 +180,7 @@ def train(cfg: DictConfig, validated: bool = False) -> dict:
             status=stop_status(message, bool(getattr(trainer, "received_sigterm", False))),
             error=message,
             traceback=traceback.format_exc(limit=8),
-            wall_s=round(time.perf_counter() - t_start, 2),
+            **_wall(recipe, t_start, resumed=resume is not None),
         )
         if trainer.is_global_zero:
             if full is not None:
@@ -194,7 +210,7 @@ def train(cfg: DictConfig, validated: bool = False) -> dict:
         train_loss=_round(last.get("train/loss"), 4),
         train_images_per_s=_round(statistics.median(throughput) if throughput else None, 1),
         process_peak_memory_mb=round(peak_memory_mb(), 1),
-        wall_s=round(time.perf_counter() - t_start, 2),
+        **_wall(recipe, t_start, resumed=resume is not None),
         startup_s=_round(recipe.first_step_at - t_start if recipe.first_step_at else None, 2),
         epochs=trainer.current_epoch,
         steps=trainer.global_step,

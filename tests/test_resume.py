@@ -73,6 +73,7 @@ def killed_from_outside_after_next_checkpoint(run_dir: Path) -> None:
 def test_a_run_killed_at_many_points_resumes_to_the_same_weights(uninterrupted, tmp_path):
     ref_dir, ref = uninterrupted
     run_dir = tmp_path / "run"
+    started = time.monotonic()
     # (step, hook, the checkpoint the next start resumes from)
     for step, hook, resumes_from in [
         (7, "batch_start", 5),  # mid-epoch, two steps after a periodic checkpoint
@@ -82,12 +83,20 @@ def test_a_run_killed_at_many_points_resumes_to_the_same_weights(uninterrupted, 
     ]:
         killed(run_dir, step, hook)
         assert last_checkpoint_step(run_dir) == resumes_from, (step, hook)
+    first_five = time.monotonic() - started
     killed_from_outside_after_next_checkpoint(run_dir)  # and once at a moment nobody chose
     resumed_from = last_checkpoint_step(run_dir)
     assert 35 <= resumed_from < 44, "killed too late to test a resume"
+    earlier = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["wall_s"]
+    attempts_took = time.monotonic() - started
     _, summary = run_train(run_dir, *RUN, env=ENV)
 
     assert summary["resumed_from_step"] == resumed_from and "resumed_from_step" not in ref
+    # wall_s covers all six attempts, each up to the checkpoint the next one resumed from (the first five
+    # lost a few steps each after their checkpoint; mostly they were start-up and steps kept)
+    assert 0.5 * first_five < earlier < attempts_took and summary["attempt_wall_s"] > 0
+    assert summary["wall_s"] == pytest.approx(earlier + summary["attempt_wall_s"], abs=0.02)
+    assert "attempt_wall_s" not in ref and "wall_s_covers" not in summary
 
     assert summary["status"] == "completed" and summary["steps"] == ref["steps"] == 44
     assert summary["weights_sha256"] == ref["weights_sha256"]
