@@ -205,3 +205,19 @@ def test_a_run_resumed_mid_epoch_times_only_what_it_trained_since_the_resume(tmp
     rows = [row for row in csv.DictReader(open(run_dir / "metrics.csv")) if row.get("train/images_per_s")]
     assert len(rows) == 1 and float(rows[0]["train/images_per_s"]) == summary["per_device_batch"] == 64
     assert summary["train_images_per_s"] == 64
+
+
+def test_a_run_resumed_from_a_checkpoint_without_wall_time_says_its_wall_s_is_the_last_attempts():
+    """A checkpoint written before checkpoints held the run's wall time: the summary cannot add the earlier
+    attempts, so it says what wall_s covers instead of passing the last attempt off as the run."""
+    from types import SimpleNamespace
+
+    from mixerlab.training import _wall
+
+    started = time.perf_counter() - 3.0
+    fresh = _wall(SimpleNamespace(earlier_wall_s=0.0), started, resumed=False)
+    assert set(fresh) == {"wall_s"} and fresh["wall_s"] >= 3.0
+    resumed = _wall(SimpleNamespace(earlier_wall_s=100.0), started, resumed=True)
+    assert resumed["wall_s"] == pytest.approx(100.0 + resumed["attempt_wall_s"], abs=0.01)
+    old = _wall(SimpleNamespace(earlier_wall_s=None), started, resumed=True)
+    assert old["wall_s"] == old["attempt_wall_s"] >= 3.0 and "holds no wall time" in old["wall_s_covers"]
