@@ -465,6 +465,36 @@ def test_an_adaptive_sweeps_report_shows_every_look_and_why_it_stopped_and_skips
     assert f"adaptive sweep record {sweep / 'until_separated.json'} is not valid JSON" in caplog.text
 
 
+
+def test_where_the_sweeper_separated_the_top_pair_and_the_reports_family_does_not_the_headline_says_both(
+        tmp_path):
+    """The sweeper's Holm family is the adjacent pairs of its ranking, the report's every pair of the task: a
+    top pair can be separated by the first and not by the second, and the headline says why."""
+    from mixerlab.adaptive_seeds import SeedRule, judge, record
+
+    seeds = {"attention": [45.0, 60.0, 75.0], "pooling": [10.0, 10.2, 9.8], "identity": [9.0, 9.1, 8.9]}
+    sweep = make_task_sweep(tmp_path, "odd_one_out", 10, seeds)
+    tried = {f"mixer={m}": [0, 1, 2] for m in seeds}
+    values = {f"mixer={m}": v for m, v in seeds.items()}
+    rule = SeedRule(max_seeds=3)  # one look: alpha 0.05 at it
+    look = judge(1, tried, values, rule)
+    assert look.stop == "separated" and all(p["separated"] for p in look.pairs)  # Holm over 2 pairs
+    (sweep / "until_separated.json").write_text(json.dumps(record(rule, [look], "python train.py -m ...")))
+    report = SweepReport([sweep])
+    task = report.statistics.tasks[0]
+    top = next(p for p in task.pairs if {p.a.row, p.b.row} == {"mixer=attention", "mixer=pooling"})
+    assert not top.separated  # Holm over 3 pairs: p 0.028 for both of attention's fails at alpha / 2
+    headline = report.answer_lines()
+    assert headline[0].startswith("No verdict: top two (mixer=attention")
+    assert headline[1] == ("The sweeper separated this pair at its last look, by Holm over the adjacent "
+                           "pairs of its ranking; this report takes all 3 pairs of the task as one family, "
+                           "which is stricter.")
+    # a sweep that left the pair open gets no such line
+    wider = SeedRule(max_seeds=4)
+    open_look = judge(1, tried, values, wider)  # alpha 0.025 at each of 2 looks: the top pair stays open
+    (sweep / "until_separated.json").write_text(json.dumps(record(wider, [open_look], "")))
+    assert not any(line.startswith("The sweeper separated") for line in SweepReport([sweep]).answer_lines())
+
 def test_an_adaptive_sweep_is_judged_at_its_per_look_alpha_with_its_margin_not_as_a_fixed_sample(tmp_path):
     """Seeds that a sweeper added by looking are judged as one more look (alpha / planned looks), so the
     report never calls a pair the sweeper left open; the sweeper's tie margin comes with it."""

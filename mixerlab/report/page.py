@@ -273,8 +273,13 @@ class SweepReport:
             if stopped:
                 sweep_dir, record = stopped[0]
                 beyond = pair is not None and pair.beyond_shown
-                lines = [verdict + ".",
-                         f"The adaptive sweep stopped ({record.get('stopped')}): {record.get('reason')}",
+                lines = [verdict + "."]
+                called = self._sweeper_call(record, top, second)
+                if called:
+                    lines.append(f"The sweeper {called} this pair at its last look, by Holm over the "
+                                 "adjacent pairs of its ranking; this report takes all "
+                                 f"{len(task.pairs)} pairs of the task as one family, which is stricter.")
+                lines += [f"The adaptive sweep stopped ({record.get('stopped')}): {record.get('reason')}",
                          "Its seeds were added by looking at them, so a seed added to it now would be one "
                          "more look that its alpha did not plan for. To settle the pair, run fresh seeds as "
                          "a sweep of their own and report that sweep alone: "
@@ -298,6 +303,17 @@ class SweepReport:
                 lines.append(f"Fastest training among those not separated from {top.row} — "
                              f"{self._describe(fastest)}")
         return lines
+
+    @staticmethod
+    def _sweeper_call(record: dict, a: ConfigCell, b: ConfigCell) -> str | None:
+        """"separated" or "tied" where the adaptive sweep's last look settled the pair of ``a`` and ``b``
+        (an adjacent pair of its ranking), else None."""
+        looks = record.get("looks") or [{}]
+        pair = next((p for p in looks[-1].get("pairs") or []
+                     if {p.get("better"), p.get("worse")} == {a.row, b.row}), None)
+        if pair is None:
+            return None
+        return "separated" if pair.get("separated") else "tied" if pair.get("tied") else None
 
     @staticmethod
     def next_command(cells: list[ConfigCell], seeds_needed: int | None) -> str:
