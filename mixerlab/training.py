@@ -88,7 +88,6 @@ def check_launcher(trainer: L.Trainer) -> None:
 _process_started_before = False  # jobs of a multirun share one process: only the first pays its start-up
 
 
-
 def _wall(recipe: Recipe, t_start: float, resumed: bool) -> dict:
     """``wall_s``: the seconds this run's result took over all its attempts: this one, plus what the earlier
     ones took up to the checkpoint it resumed from (steps lost after that checkpoint and done again count
@@ -101,6 +100,7 @@ def _wall(recipe: Recipe, t_start: float, resumed: bool) -> dict:
         return {"wall_s": attempt, "attempt_wall_s": attempt,
                 "wall_s_covers": "the last attempt only: its checkpoint holds no wall time"}
     return {"wall_s": round(recipe.earlier_wall_s + attempt, 2), "attempt_wall_s": attempt}
+
 
 def train(cfg: DictConfig, validated: bool = False) -> dict:
     """One run; ``validated``: the caller has already run :func:`mixerlab.schema.validate` on ``cfg``."""
