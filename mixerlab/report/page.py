@@ -140,10 +140,10 @@ def _swept(runs: list) -> list[str]:
     return [f"{key}={','.join(vals)}" for key, vals in values.items() if vals != [""]]
 
 
-
 def _sweep_command(swept: list[str], seeds, *extra: str) -> str:
     """``python train.py -m <swept> seed=<seeds> <extra>``, quoted for a shell."""
     return shlex.join(["python", "train.py", "-m", *swept, f"seed={','.join(map(str, seeds))}", *extra])
+
 
 def sweeper_records(sweep_dirs: list[Path]) -> list[tuple[Path, dict]]:
     """The ``until_separated.json`` of each sweep directory that has one (an adaptive sweep's looks and why it
@@ -306,8 +306,8 @@ class SweepReport:
 
     @staticmethod
     def _sweeper_call(record: dict, a: ConfigCell, b: ConfigCell) -> str | None:
-        """"separated" or "tied" where the adaptive sweep's last look settled the pair of ``a`` and ``b``
-        (an adjacent pair of its ranking), else None."""
+        """How the adaptive sweep's last look settled the pair of ``a`` and ``b`` (an adjacent pair of its
+        ranking): "separated" or "tied"; None where it left the pair open or did not pair them."""
         looks = record.get("looks") or [{}]
         pair = next((p for p in looks[-1].get("pairs") or []
                      if {p.get("better"), p.get("worse")} == {a.row, b.row}), None)
