@@ -238,7 +238,6 @@ def test_pairs_one_key_apart_get_verdicts_with_holm_over_the_task(two_tasks):
     assert close.seeds_to_separate.isdigit() or close.seeds_to_separate == ">10"
 
 
-
 @pytest.mark.parametrize(("a", "b", "state", "shown", "beyond"), [
     ([80.0, 81.0, 79.0], [10.0, 11.0, 9.0], "separated", "—", False),
     ([10.0, 10.5, 9.5], [10.2, 9.8, 10.1], "tied", "— (tied)", False),
@@ -262,6 +261,7 @@ def test_an_open_pairs_seeds_to_separate_reads_a_count_more_than_shown_or_unknow
         shown, beyond = str(pair.seeds_needed), False
     assert pair.seeds_to_separate == shown and pair.beyond_shown is beyond
     assert pair.estimated is (state == "open" and not shown.startswith("unknown"))
+
 
 def test_a_config_whose_seeds_split_between_chance_and_far_above_is_seed_unstable(two_tasks):
     report, tasks, _, md, _ = two_tasks
@@ -465,7 +465,6 @@ def test_an_adaptive_sweeps_report_shows_every_look_and_why_it_stopped_and_skips
     assert f"adaptive sweep record {sweep / 'until_separated.json'} is not valid JSON" in caplog.text
 
 
-
 def test_where_the_sweeper_separated_the_top_pair_and_the_reports_family_does_not_the_headline_says_both(
         tmp_path):
     """The sweeper's Holm family is the adjacent pairs of its ranking, the report's every pair of the task: a
@@ -494,6 +493,7 @@ def test_where_the_sweeper_separated_the_top_pair_and_the_reports_family_does_no
     open_look = judge(1, tried, values, wider)  # alpha 0.025 at each of 2 looks: the top pair stays open
     (sweep / "until_separated.json").write_text(json.dumps(record(wider, [open_look], "")))
     assert not any(line.startswith("The sweeper separated") for line in SweepReport([sweep]).answer_lines())
+
 
 def test_an_adaptive_sweep_is_judged_at_its_per_look_alpha_with_its_margin_not_as_a_fixed_sample(tmp_path):
     """Seeds that a sweeper added by looking are judged as one more look (alpha / planned looks), so the
